@@ -1,0 +1,46 @@
+"""compile(plan): the canonical model rewritten into the smaller model the plan describes."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from scmopt.graph import infer_shapes, opset
+from scmopt.passes.absorb import absorb_replacements
+from scmopt.passes.channels import Survivors
+from scmopt.passes.slice_channels import slice_channels
+from scmopt.plan import Plan
+from scmopt.units import UnitGraph
+
+
+@dataclass
+class Compiled:
+    model: onnx.ModelProto
+    interior_exact: list[str] = field(default_factory=list)  # consumers exact off the border
+    kept_positions: dict[str, np.ndarray] = field(default_factory=dict)  # cut -> old indices
+
+
+def compile_plan(ug: UnitGraph, plan: Plan) -> Compiled:
+    """Slices the removed units and absorbs their replacements; see scmopt.passes."""
+    plan.validate(ug)
+    src = ug.model
+    graph = gs.import_onnx(copy.deepcopy(src))
+    keep = Survivors(ug, plan.removed)
+    slice_channels(graph, keep, opset(src))
+    interior = absorb_replacements(graph, keep, plan)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = gs.export_onnx(graph, do_type_check=False)
+    for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version",
+              "doc_string"):  # fmt: skip
+        setattr(out, f, getattr(src, f))
+    del out.opset_import[:]
+    out.opset_import.extend(src.opset_import)
+    del out.metadata_props[:]
+    out.metadata_props.extend(src.metadata_props)
+    out = infer_shapes(out)
+    kept = {t: np.flatnonzero(keep.channels(t)) for t in ug.cuts}
+    return Compiled(out, interior, kept)

@@ -1,0 +1,157 @@
+"""Loading ONNX models and bringing them to the canonical form the analysis works on.
+
+Canonical form: every weight is an initializer (Constant / ConstantOfShape / Cast / Reshape
+chains folded), initializers are not listed as graph inputs (IR < 4 style), every node has a
+unique name, shapes are inferred. The canonical model computes exactly what the original does.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+from onnx import shape_inference
+from onnx_graphsurgeon.logger import G_LOGGER
+
+from scmopt.errors import ScmoptError
+
+# Constant folding runs onnxruntime; neither its optimizer warnings nor graphsurgeon's chatter
+# are for our users.
+G_LOGGER.severity = G_LOGGER.ERROR
+ort.set_default_logger_severity(3)
+
+
+def load(src: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """Loads a model (with external data) from a path, or copies an in-memory one."""
+    if isinstance(src, onnx.ModelProto):
+        return copy.deepcopy(src)
+    path = Path(src)
+    if not path.is_file():
+        raise ScmoptError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except Exception as exc:  # protobuf decode errors have many types
+        raise ScmoptError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+    if not model.graph.node:
+        raise ScmoptError(f"{path}: not an ONNX model (empty graph)")
+    return model
+
+
+def check(model: onnx.ModelProto, what: str = "model") -> None:
+    """Runs the full ONNX checker; raises ScmoptError with the checker's first line."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ScmoptError(f"{what} fails the ONNX checker: {first}") from exc
+
+
+def opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset version."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ScmoptError("model imports no default-domain opset")
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference from scratch (stale value_info dropped first)."""
+    model = copy.deepcopy(model)
+    del model.graph.value_info[:]
+    return shape_inference.infer_shapes(model, data_prop=True)
+
+
+def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Returns the canonical form (see module docstring); the function computed is unchanged."""
+    model = copy.deepcopy(model)
+    init_names = {i.name for i in model.graph.initializer}
+    real_inputs = [i for i in model.graph.input if i.name not in init_names]
+    del model.graph.input[:]
+    model.graph.input.extend(real_inputs)
+    if model.ir_version < 4:
+        # IR < 4 requires initializers to be graph inputs; we drop that, so say IR 4.
+        model.ir_version = 4
+    graph = gs.import_onnx(model)
+    graph.fold_constants(error_ok=True).cleanup().toposort()
+    seen: set[str] = set()
+    for i, node in enumerate(graph.nodes):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op}_{i}"
+        seen.add(node.name)
+    out = gs.export_onnx(graph, do_type_check=False)
+    out.ir_version = model.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(model.opset_import)
+    out.producer_name = model.producer_name
+    out.producer_version = model.producer_version
+    out.domain = model.domain
+    out.model_version = model.model_version
+    out.doc_string = model.doc_string
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    return infer_shapes(out)
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    """Static dims as ints, symbolic ones as strings, unknown as None, for every typed tensor."""
+    shapes: dict[str, list[int | str | None]] = {}
+    infos = list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)
+    for vi in infos:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(d.dim_value)
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shapes[vi.name] = dims
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def input_specs(model: onnx.ModelProto) -> dict[str, tuple[list[int | str | None], np.dtype]]:
+    """Graph inputs (initializers excluded): shape and numpy dtype."""
+    init_names = {i.name for i in model.graph.initializer}
+    shapes = tensor_shapes(model)
+    specs = {}
+    for vi in model.graph.input:
+        if vi.name in init_names:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        specs[vi.name] = (shapes.get(vi.name, []), np.dtype(dtype))
+    return specs
+
+
+def save(model: onnx.ModelProto, path: str | Path) -> None:
+    """Writes atomically (temp file + rename); large models get external data beside them."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    large = model.ByteSize() > 1_800_000_000 if _fits_protobuf(model) else True
+    try:
+        if large:
+            onnx.save_model(
+                model, str(tmp), save_as_external_data=True, location=f"{path.name}.data"
+            )
+        else:
+            onnx.save_model(model, str(tmp))
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _fits_protobuf(model: onnx.ModelProto) -> bool:
+    try:
+        model.ByteSize()
+    except Exception:
+        return False
+    return True

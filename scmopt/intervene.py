@@ -1,0 +1,150 @@
+"""The intervenable model: one ONNX rewrite that puts hooks on cut tensors.
+
+A hook on cut T (channels C, P values per channel) computes, in order,
+
+    X  = reshape(T, [N, C, P])
+    X  = M @ X + B                       plan: replace removed units (const or input-driven)
+    X  = X + mask * (X[src] - X)         interchange: take units from sample src of the batch
+    X  = X + delta                       finite-difference perturbation
+    capture X                            as output "T::value"
+    T' = reshape(X, shape(T))            every reader of T (incl. graph outputs) reads T'
+
+so a single onnxruntime session captures activations, applies a plan, patches units between
+samples and perturbs them. `simulate` (plan as constants, nothing else) is the reference
+semantics of a plan: the compiler must reproduce its outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from scmopt.errors import ScmoptError
+from scmopt.graph import infer_shapes
+from scmopt.plan import Plan
+from scmopt.units import UnitGraph
+
+
+@dataclass
+class HookSpec:
+    """Which operations the hook on one cut performs."""
+
+    plan: str = "none"  # "none" | "const" | "input"
+    patch: bool = False
+    perturb: bool = False
+    capture: bool = False
+
+
+@dataclass
+class Hooked:
+    """A hooked model and the names of its extra inputs and outputs, per cut."""
+
+    model: onnx.ModelProto
+    inputs: dict[str, dict[str, str]] = field(default_factory=dict)  # cut -> role -> input
+    outputs: dict[str, str] = field(default_factory=dict)  # cut -> captured value output
+
+
+def hook(
+    ug: UnitGraph, specs: dict[str, HookSpec], plan: Plan | None = None, model=None
+) -> Hooked:
+    """Returns `model` (default: the unit graph's canonical model) with hooks on `specs`' cuts."""
+    model = copy.deepcopy(ug.model if model is None else model)
+    g = model.graph
+    producer = {out: i for i, n in enumerate(g.node) for out in n.output}
+    result = Hooked(model)
+    inserts: dict[int, list[onnx.NodeProto]] = {}
+    for t, spec in specs.items():
+        cut = ug.cuts[t]
+        if t not in producer:
+            raise ScmoptError(f"cut {t!r} has no producer node")
+        pos = producer[t]
+        node = g.node[pos]
+        orig = f"{t}::orig"
+        node.output[list(node.output).index(t)] = orig
+        c = cut.channels
+        p_dim = f"P_{len(result.inputs)}"
+        names = result.inputs.setdefault(t, {})
+        nodes: list[onnx.NodeProto] = []
+
+        def step(op: str, ins: list[str], out: str, **attrs) -> str:
+            nodes.append(helper.make_node(op, ins, [out], name=f"{t}::{out}", **attrs))  # noqa: B023
+            return out
+
+        shape3 = f"{t}::shape3"
+        g.initializer.append(numpy_helper.from_array(np.array([0, c, -1], np.int64), shape3))
+        x = step("Reshape", [orig, shape3], f"{t}::x3")
+        if spec.plan != "none":
+            m_name, b_name = f"{t}::M", f"{t}::B"
+            if spec.plan == "const":
+                if plan is None:
+                    raise ScmoptError("plan hooks need a plan")
+                m, b = plan.cut_affine(cut)
+                g.initializer.append(numpy_helper.from_array(m.astype(np.float32), m_name))
+                g.initializer.append(numpy_helper.from_array(b.astype(np.float32), b_name))
+            else:
+                g.input.append(helper.make_tensor_value_info(m_name, TensorProto.FLOAT, [c, c]))
+                g.input.append(
+                    helper.make_tensor_value_info(b_name, TensorProto.FLOAT, [c, p_dim])
+                )
+                names["M"], names["B"] = m_name, b_name
+            x = step("MatMul", [m_name, x], f"{t}::mx")
+            x = step("Add", [x, b_name], f"{t}::planned")
+        if spec.patch:
+            mask, src = f"{t}::mask", f"{t}::src"
+            g.input.append(helper.make_tensor_value_info(mask, TensorProto.FLOAT, ["N", c, 1]))
+            g.input.append(helper.make_tensor_value_info(src, TensorProto.INT64, ["N"]))
+            names["mask"], names["src"] = mask, src
+            s = step("Gather", [x, src], f"{t}::source", axis=0)
+            d = step("Sub", [s, x], f"{t}::swap")
+            d = step("Mul", [d, mask], f"{t}::swap_masked")
+            x = step("Add", [x, d], f"{t}::patched")
+        if spec.perturb:
+            delta = f"{t}::delta"
+            g.input.append(
+                helper.make_tensor_value_info(delta, TensorProto.FLOAT, ["N", c, p_dim])
+            )
+            names["delta"] = delta
+            x = step("Add", [x, delta], f"{t}::perturbed")
+        if spec.capture:
+            out = step("Identity", [x], f"{t}::value")
+            g.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+            result.outputs[t] = out
+        shp = step("Shape", [orig], f"{t}::shape")
+        step("Reshape", [x, shp], t)
+        inserts[pos] = inserts.get(pos, []) + nodes
+    ordered = []
+    for i, n in enumerate(list(g.node)):
+        ordered.append(n)
+        ordered.extend(inserts.get(i, []))
+    del g.node[:]
+    g.node.extend(ordered)
+    del g.value_info[:]
+    return result
+
+
+def simulate(ug: UnitGraph, plan: Plan) -> onnx.ModelProto:
+    """The reference semantics of `plan`: the canonical model with every touched cut replaced."""
+    plan.validate(ug)
+    specs = {t: HookSpec(plan="const") for t, cut in ug.cuts.items() if plan.touches(cut)}
+    model = hook(ug, specs, plan).model
+    return infer_shapes(model)
+
+
+def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Marks axis 0 of every graph input and output symbolic ("N"), for batched analysis runs.
+
+    Models that bake the batch size into Reshape targets still fail at batch > 1; callers
+    check with a batch of two and fall back to one sample per run.
+    """
+    model = copy.deepcopy(model)
+    for vi in list(model.graph.input) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = "N"
+    del model.graph.value_info[:]
+    return model

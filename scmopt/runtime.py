@@ -1,0 +1,96 @@
+"""onnxruntime sessions: provider choice, threads, batched runs.
+
+onnxruntime-gpu advertises CUDAExecutionProvider even on machines without a GPU and then
+prints loud errors when a session asks for it. We only request CUDA when a device node exists
+and a probe session really loads the provider with logging silenced.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from scmopt.errors import ScmoptError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def _has_nvidia_device() -> bool:
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_available() -> bool:
+    """True when a CUDA session really initialises (checked once, quietly)."""
+    if CUDA not in ort.get_available_providers() or not _has_nvidia_device():
+        return False
+    probe = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "probe",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        )
+    )
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=[CUDA, CPU])
+    except Exception:
+        return False
+    return CUDA in sess.get_providers()
+
+
+def providers(device: str = "auto") -> list[str]:
+    """Execution providers for `device` in {auto, cpu, cuda}."""
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if not cuda_available():
+            raise ScmoptError("--device cuda requested but no working CUDA device was found")
+        return [CUDA, CPU]
+    if device == "auto":
+        return [CUDA, CPU] if cuda_available() else [CPU]
+    raise ScmoptError(f"unknown device {device!r} (expected auto, cpu or cuda)")
+
+
+def session(
+    model: onnx.ModelProto, device: str = "auto", threads: int | None = None
+) -> ort.InferenceSession:
+    """An inference session for an in-memory model (no file round-trip)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
+
+
+def batches(feeds: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Slices every array of `feeds` along axis 0 into batches of at most `batch_size`."""
+    n = len(next(iter(feeds.values())))
+    for start in range(0, n, batch_size):
+        yield {k: v[start : start + batch_size] for k, v in feeds.items()}
+
+
+def run_batched(
+    sess: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    batch_size: int = 256,
+    outputs: list[str] | None = None,
+) -> list[np.ndarray]:
+    """Runs `sess` over `feeds` in batches and concatenates each output along axis 0."""
+    parts: list[list[np.ndarray]] = []
+    for batch in batches(feeds, batch_size):
+        res = sess.run(outputs, batch)
+        if not parts:
+            parts = [[] for _ in res]
+        for acc, r in zip(parts, res, strict=True):
+            acc.append(r)
+    return [np.concatenate(p, axis=0) for p in parts]
