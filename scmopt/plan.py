@@ -120,6 +120,11 @@ class Plan:
                     np.isfinite(a) for a in rep.coef.values()
                 ):
                     raise ScmoptError(f"unit {uid!r}: non-finite replacement")
+        for cut in ug.cuts.values():
+            if all(u in removed for u in cut.units):
+                raise ScmoptError(
+                    f"plan removes every unit of cut {cut.tensor!r}; keep at least one"
+                )
         return self
 
     # JSON -----------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ def random_plan(
     prunable = sorted(ug.prunable)
     n = int(round(fraction * len(prunable)))
     removed = set(rng.choice(prunable, size=n, replace=False).tolist()) if n else set()
+    for cut in ug.cuts.values():  # a plan must keep at least one unit of every cut
+        if all(u in removed for u in cut.units):
+            removed.discard(sorted(set(cut.units))[0])
     plan = Plan()
     for uid in sorted(removed):
         unit = ug.units[uid]

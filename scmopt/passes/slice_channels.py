@@ -28,6 +28,13 @@ def slice_channels(graph: gs.Graph, keep: Survivors, opset: int) -> gs.Graph:
                 replace_constant(node, i, take(node.inputs[i].values, mask, 0), "sliced")
         elif node.op in BINARY and keep.changed(out.name):
             _slice_broadcast_constants(node, keep.features(out.name))
+        elif node.op == "Concat":
+            # a producer whose channels were all removed leaves an empty input: drop it (its
+            # dead branch is then removed by cleanup)
+            kept = [t for t in node.inputs if _nonempty(t, keep)]
+            if len(kept) < len(node.inputs):
+                node.inputs.clear()
+                node.inputs.extend(kept)
         elif node.op == "Split" and keep.changed(node.inputs[0].name):
             _resize_split(node, keep, opset)
         elif node.op == "Resize" and keep.changed(out.name) and len(node.inputs) > 3:
@@ -81,3 +88,8 @@ def _resize_split(node: gs.Node, keep: Survivors, opset: int) -> None:
         node.inputs[1] = const
     else:
         node.inputs.append(const)
+
+
+def _nonempty(t: gs.Tensor, keep: Survivors) -> bool:
+    mask = keep.channels(t.name)
+    return mask is None or bool(mask.any())
