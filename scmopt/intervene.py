@@ -3,15 +3,17 @@
 A hook on cut T (channels C, P values per channel) computes, in order,
 
     X  = reshape(T, [N, C, P])
-    X  = M @ X + B                       plan: replace removed units (const or input-driven)
     X  = X + mask * (X[src] - X)         interchange: take units from sample src of the batch
+    X  = M @ X + B                       plan: replace removed units (const or input-driven)
     X  = X + delta                       finite-difference perturbation
     capture X                            as output "T::value"
     T' = reshape(X, shape(T))            every reader of T (incl. graph outputs) reads T'
 
 so a single onnxruntime session captures activations, applies a plan, patches units between
-samples and perturbs them. `simulate` (plan as constants, nothing else) is the reference
-semantics of a plan: the compiler must reproduce its outputs.
+samples and perturbs them. Patching comes before the plan because in the abstraction a folded
+unit is a function of its kept neighbours: when they are swapped it follows them, exactly as
+the compiled model (whose consumers read the patched neighbours) does. `simulate` (plan as
+constants, nothing else) is the reference semantics of a plan: the compiler must reproduce it.
 """
 
 from __future__ import annotations
@@ -49,9 +51,17 @@ class Hooked:
 
 
 def hook(
-    ug: UnitGraph, specs: dict[str, HookSpec], plan: Plan | None = None, model=None
+    ug: UnitGraph,
+    specs: dict[str, HookSpec],
+    plan: Plan | None = None,
+    model: onnx.ModelProto | None = None,
+    channels: dict[str, int] | None = None,
 ) -> Hooked:
-    """Returns `model` (default: the unit graph's canonical model) with hooks on `specs`' cuts."""
+    """Returns `model` (default: the unit graph's canonical model) with hooks on `specs`' cuts.
+
+    `channels` overrides the channel count of cuts, for hooking a compiled model whose cuts
+    lost their removed units (its cut tensors keep their names).
+    """
     model = copy.deepcopy(ug.model if model is None else model)
     g = model.graph
     producer = {out: i for i, n in enumerate(g.node) for out in n.output}
@@ -65,7 +75,7 @@ def hook(
         node = g.node[pos]
         orig = f"{t}::orig"
         node.output[list(node.output).index(t)] = orig
-        c = cut.channels
+        c = channels[t] if channels and t in channels else cut.channels
         p_dim = f"P_{len(result.inputs)}"
         names = result.inputs.setdefault(t, {})
         nodes: list[onnx.NodeProto] = []
@@ -77,6 +87,15 @@ def hook(
         shape3 = f"{t}::shape3"
         g.initializer.append(numpy_helper.from_array(np.array([0, c, -1], np.int64), shape3))
         x = step("Reshape", [orig, shape3], f"{t}::x3")
+        if spec.patch:
+            mask, src = f"{t}::mask", f"{t}::src"
+            g.input.append(helper.make_tensor_value_info(mask, TensorProto.FLOAT, ["N", c, 1]))
+            g.input.append(helper.make_tensor_value_info(src, TensorProto.INT64, ["N"]))
+            names["mask"], names["src"] = mask, src
+            s = step("Gather", [x, src], f"{t}::source", axis=0)
+            d = step("Sub", [s, x], f"{t}::swap")
+            d = step("Mul", [d, mask], f"{t}::swap_masked")
+            x = step("Add", [x, d], f"{t}::patched")
         if spec.plan != "none":
             m_name, b_name = f"{t}::M", f"{t}::B"
             if spec.plan == "const":
@@ -87,26 +106,13 @@ def hook(
                 g.initializer.append(numpy_helper.from_array(b.astype(np.float32), b_name))
             else:
                 g.input.append(helper.make_tensor_value_info(m_name, TensorProto.FLOAT, [c, c]))
-                g.input.append(
-                    helper.make_tensor_value_info(b_name, TensorProto.FLOAT, [c, p_dim])
-                )
+                g.input.append(helper.make_tensor_value_info(b_name, TensorProto.FLOAT, [c, p_dim]))
                 names["M"], names["B"] = m_name, b_name
             x = step("MatMul", [m_name, x], f"{t}::mx")
             x = step("Add", [x, b_name], f"{t}::planned")
-        if spec.patch:
-            mask, src = f"{t}::mask", f"{t}::src"
-            g.input.append(helper.make_tensor_value_info(mask, TensorProto.FLOAT, ["N", c, 1]))
-            g.input.append(helper.make_tensor_value_info(src, TensorProto.INT64, ["N"]))
-            names["mask"], names["src"] = mask, src
-            s = step("Gather", [x, src], f"{t}::source", axis=0)
-            d = step("Sub", [s, x], f"{t}::swap")
-            d = step("Mul", [d, mask], f"{t}::swap_masked")
-            x = step("Add", [x, d], f"{t}::patched")
         if spec.perturb:
             delta = f"{t}::delta"
-            g.input.append(
-                helper.make_tensor_value_info(delta, TensorProto.FLOAT, ["N", c, p_dim])
-            )
+            g.input.append(helper.make_tensor_value_info(delta, TensorProto.FLOAT, ["N", c, p_dim]))
             names["delta"] = delta
             x = step("Add", [x, delta], f"{t}::perturbed")
         if spec.capture:
