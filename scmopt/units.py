@@ -24,8 +24,6 @@ import onnx_graphsurgeon as gs
 
 from scmopt.graph import canonicalize
 
-
-
 UNARY = {
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu",
     "Selu", "Celu", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Identity", "Dropout",

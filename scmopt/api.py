@@ -1,0 +1,263 @@
+"""The Python API: compress, analyze, compile. Typed and usable without the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from scmopt import __version__, certificate, cost, graph, report, validate
+from scmopt.compiler import compile_plan
+from scmopt.data import load_data, random_data
+from scmopt.errors import CompileMismatch, ScmoptError
+from scmopt.intervene import simulate
+from scmopt.plan import Plan
+from scmopt.units import UnitGraph
+from scmopt.units import analyze as find_units
+
+CRITERIA = ("curvature", "layer", "variance", "magnitude", "random", "ablation")
+Progress = Callable[[str, int, int], None]
+Data = str | Path | dict[str, np.ndarray] | None
+
+
+@dataclass
+class Result:
+    """What `compress` returns: the plan, the compiled model and every measured number."""
+
+    plan: Plan
+    model: onnx.ModelProto
+    unit_graph: UnitGraph
+    report: dict
+    notes: list[str] = field(default_factory=list)
+
+    def save(self, path: str | Path) -> None:
+        graph.save(self.model, path)
+
+
+def _model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    m = graph.load(model)
+    graph.check(m, "input model")
+    return m
+
+
+def prepare_data(
+    model: onnx.ModelProto, data: Data, samples: int | None = None, seed: int = 0
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, list[str]]:
+    """Feeds, labels and notes (e.g. that statistics come from random inputs)."""
+    specs = graph.input_specs(model)
+    notes: list[str] = []
+    labels = None
+    if data is None:
+        feeds = random_data(specs, samples or 256, seed)
+        notes.append(
+            "no --data: statistics come from random inputs and are not meaningful for a trained "
+            "model; pass calibration data"
+        )
+    elif isinstance(data, dict):
+        from scmopt.data import check_data
+
+        data = dict(data)
+        labels = data.pop("y", None)
+        feeds = check_data(data, labels, specs)
+    else:
+        feeds, labels = load_data(data, specs)
+    if samples is not None:
+        feeds = {k: v[:samples] for k, v in feeds.items()}
+        labels = None if labels is None else labels[:samples]
+    n = len(next(iter(feeds.values())))
+    if n < 8:
+        raise ScmoptError(f"need at least 8 calibration samples, got {n}")
+    return feeds, labels, notes
+
+
+def analyze(
+    model: str | Path | onnx.ModelProto | UnitGraph,
+    data: Data = None,
+    *,
+    budget: float | None = None,
+    min_fidelity: float | None = None,
+    min_iia: float | None = None,
+    keep: float | None = None,
+    criterion: str = "curvature",
+    fold: bool = True,
+    samples: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    seed: int = 0,
+    progress: Progress | None = None,
+):
+    """Runs the budgeted search and returns its SearchResult (plan, trajectory, metrics)."""
+    from scmopt.search import search
+
+    if criterion not in CRITERIA:
+        raise ScmoptError(f"unknown criterion {criterion!r} (one of {', '.join(CRITERIA)})")
+    ug = model if isinstance(model, UnitGraph) else find_units(_model(model))
+    feeds = data if isinstance(data, dict) and "y" not in data else None
+    if feeds is None:
+        feeds, _, _ = prepare_data(ug.model, data, samples, seed)
+    return search(
+        ug, feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
+        criterion=criterion, fold=fold, seed=seed, batch_size=batch_size, device=device,
+        progress=progress,
+    )  # fmt: skip
+
+
+def compile(model: str | Path | onnx.ModelProto | UnitGraph, plan: Plan) -> onnx.ModelProto:  # noqa: A001
+    """Compiles `plan` into a smaller model computing exactly the plan's simulation."""
+    ug = model if isinstance(model, UnitGraph) else find_units(_model(model))
+    return compile_plan(ug, plan).model
+
+
+def compress(
+    model: str | Path | onnx.ModelProto,
+    data: Data = None,
+    *,
+    budget: float | None = None,
+    min_fidelity: float | None = None,
+    min_iia: float | None = None,
+    keep: float | None = None,
+    criterion: str = "curvature",
+    fold: bool = True,
+    samples: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    seed: int = 0,
+    holdout: float = 0.2,
+    tolerance: float = 1e-4,
+    progress: Progress | None = None,
+) -> Result:
+    """Finds a sparse causal abstraction of `model` and compiles it.
+
+    Exactly one stopping rule: `budget` (max normalised interventional risk), `min_fidelity`,
+    `min_iia` or `keep` (fraction of prunable units kept). A fraction `holdout` of the data is
+    never seen by the search; the final fidelity, IIA and compile error are measured on it, on
+    the compiled model itself. Raises CompileMismatch when the compiled model differs from the
+    plan's simulation by more than `tolerance` (relative to the output scale).
+    """
+    t0 = time.perf_counter()
+    original = _model(model)
+    ug = find_units(original)
+    feeds, labels, notes = prepare_data(ug.model, data, samples, seed)
+    n = len(next(iter(feeds.values())))
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(int(round(holdout * n)), 4)
+    val, fit = order[:n_val], order[n_val:]
+    fit_feeds = {k: v[fit] for k, v in feeds.items()}
+    val_feeds = {k: v[val] for k, v in feeds.items()}
+    t1 = time.perf_counter()
+    found = analyze(
+        ug, fit_feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
+        criterion=criterion, fold=fold, batch_size=batch_size, device=device, seed=seed,
+        progress=progress,
+    )  # fmt: skip
+    plan = found.plan
+    t2 = time.perf_counter()
+    compiled = compile_plan(ug, plan)
+    t3 = time.perf_counter()
+    f_orig = validate.logits(ug.model, val_feeds, batch_size)
+    f_sim = validate.logits(simulate(ug, plan), val_feeds, batch_size)
+    f_comp = validate.logits(compiled.model, val_feeds, batch_size)
+    err = float(np.abs(f_comp - f_sim).max())
+    scale = float(np.abs(f_sim).max()) or 1.0
+    if err > tolerance * max(scale, 1.0):
+        raise CompileMismatch(
+            f"compiled model differs from the plan's simulation by {err:.3g} "
+            f"(tolerance {tolerance * max(scale, 1.0):.3g}); nothing written"
+        )
+    iia = validate.artifact_iia(
+        ug, plan, compiled.model, compiled.kept_positions, val_feeds, seed=seed,
+        batch_size=batch_size,
+    )  # fmt: skip
+    centered = f_orig.reshape(len(f_orig), -1) - f_orig.reshape(len(f_orig), -1).mean(0)
+    risk_plain = float(
+        np.mean(np.sum((f_comp - f_orig).reshape(len(f_orig), -1) ** 2, 1))
+        / max(np.mean(np.sum(centered**2, 1)), 1e-30)
+    )
+    t4 = time.perf_counter()
+    if compiled.interior_exact:
+        notes.append(
+            "dynamic spatial shapes: constants entering padded convolutions "
+            f"({', '.join(compiled.interior_exact)}) are exact away from the border only"
+        )
+    fid = {
+        "risk": found.metrics.get("risk"),
+        "risk_plain": risk_plain,
+        "agreement": validate.agreement(f_orig, f_comp),
+        "iia": float(np.mean(list(iia.values()))) if iia else 1.0,
+        "iia_per_cut": iia,
+        "samples": int(n_val),
+        "search": found.metrics,
+        "certificate": certificate.flip_bound(f_orig, f_comp),
+    }
+    rep: dict = {
+        "scmopt_version": __version__,
+        "input": str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>",
+        "units": report.unit_counts(ug, plan),
+        "params": {
+            "before": cost.count_params(ug.model),
+            "after": cost.count_params(compiled.model),
+        },
+        "flops": {"before": cost.count_flops(ug.model), "after": cost.count_flops(compiled.model)},
+        "fidelity": fid,
+        "compile_max_abs_error": err,
+        "interior_exact": compiled.interior_exact,
+        "timing_s": {
+            "total": time.perf_counter() - t0,
+            "load": t1 - t0,
+            "analysis": t2 - t1,
+            "compile": t3 - t2,
+            "validate": t4 - t3,
+            **dict(found.timing),
+        },  # fmt: skip
+        "groups": report.group_rows(ug, plan),
+        "plan": plan.to_dict(),
+        "trajectory": found.trajectory,
+        "scores": dict(found.scores),
+        "notes": notes,
+        "settings": {
+            "criterion": criterion,
+            "fold": fold,
+            "budget": budget,
+            "min_fidelity": min_fidelity,
+            "min_iia": min_iia,
+            "keep": keep,
+            "seed": seed,
+            "samples": n,
+            "holdout": n_val,
+        },  # fmt: skip
+    }
+    if labels is not None:
+        y = labels[val]
+        rep["accuracy"] = {
+            "before": float(np.mean(f_orig.reshape(len(y), -1).argmax(1) == y)),
+            "after": float(np.mean(f_comp.reshape(len(y), -1).argmax(1) == y)),
+            "samples": int(len(y)),
+        }
+    out = _with_metadata(compiled.model, plan, rep)
+    return Result(plan, out, ug, rep, notes)
+
+
+def _with_metadata(model: onnx.ModelProto, plan: Plan, rep: dict) -> onnx.ModelProto:
+    summary = {k: rep[k] for k in ("units", "params", "flops", "compile_max_abs_error")}
+    summary["fidelity"] = {k: rep["fidelity"][k] for k in ("risk", "agreement", "iia")}
+    props = {p.key: p.value for p in model.metadata_props}
+    props["scmopt.version"] = __version__
+    props["scmopt.plan"] = plan.to_json()
+    props["scmopt.summary"] = json.dumps(summary, default=float)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    return model
+
+
+def plan_from_model(model: onnx.ModelProto) -> Plan | None:
+    """The plan a compressed model carries in its metadata, if any."""
+    for p in model.metadata_props:
+        if p.key == "scmopt.plan":
+            return Plan.from_json(p.value)
+    return None
