@@ -1,3 +1,12 @@
-"""scmopt: compile trained ONNX networks into sparse approximate causal abstractions."""
+"""scmopt: compile trained ONNX networks into sparse approximate causal abstractions.
+
+    import scmopt
+    result = scmopt.compress("model.onnx", "calib.npz", min_fidelity=0.99)
+    result.save("small.onnx")
+"""
 
 __version__ = "0.1.0"
+
+from scmopt.api import Result, analyze, compile, compress  # noqa: E402
+
+__all__ = ["Result", "analyze", "compile", "compress", "__version__"]

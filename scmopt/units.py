@@ -210,6 +210,7 @@ class _Analysis:
                     handler = self.op_norm
             if handler is None:
                 self.unknown(node)
+                self._freeze_captured(node)
                 continue
             refusal = handler(node)
             if refusal:
@@ -220,6 +221,20 @@ class _Analysis:
             labs = self.labels.get(out.name)
             if labs is not None:
                 self.freeze(labs, f"reaches graph output '{out.name}'")
+
+    def _freeze_captured(self, node: gs.Node) -> None:
+        """Control flow (If/Loop/Scan) may read outer tensors inside its subgraphs."""
+        for attr in node.attrs.values():
+            subgraphs = attr if isinstance(attr, list) else [attr]
+            for sub in subgraphs:
+                if not isinstance(sub, gs.Graph):
+                    continue
+                for inner in sub.nodes:
+                    for t in inner.inputs:
+                        labs = self.lab(t)
+                        if labs is not None:
+                            self.freeze(labs, f"read inside {node.op} '{node.name}'")
+                    self._freeze_captured(inner)
 
     def _only_first_input_labelled(self, node: gs.Node) -> str | None:
         if any(self.lab(t) is not None for t in node.inputs[1:]):
