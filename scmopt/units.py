@@ -304,10 +304,20 @@ class _Analysis:
             c = self.channels(x)
             if c is None or x in self.graph.inputs:
                 return
-            src = x.inputs[0] if x.inputs else None
+            src = self._origin(x)
             what = f"{src.op} '{src.name}'" if src is not None else f"'{x.name}'"
-            self.set(x, self.anonymous(x, c, f"computed by {what}, which cannot be sliced"))
+            self.set(x, self.anonymous(x, c, f"channels come from {what}, which cannot be sliced"))
         self.cuts.setdefault(x.name, []).append(consumer.name)
+
+    def _origin(self, x: gs.Tensor) -> gs.Node | None:
+        """The op that made `x` unlabelled: walk up through channel-wise ops."""
+        node = x.inputs[0] if x.inputs else None
+        while node is not None and (node.op in UNARY or node.op in POOLS or node.op in NORMS):
+            src = node.inputs[0]
+            if not src.inputs:
+                break
+            node = src.inputs[0]
+        return node
 
     def _dense(self, node: gs.Node, a: gs.Tensor, n_out: int) -> str | None:
         self._cut(a, node)

@@ -98,7 +98,7 @@ def test_control_flow_is_frozen_not_fatal(tmp_path):
     onnx.save(model, path)
     res = run("inspect", path)
     assert res.exit_code == 0, res.output
-    assert "read inside If" in res.output and "computed by If" in res.output
+    assert "read inside If" in res.output and "come from If" in res.output
 
 
 # --- bad input ----------------------------------------------------------------------------
