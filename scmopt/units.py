@@ -281,11 +281,13 @@ class _Analysis:
         bv = const_value(b)
         if bv is None or int(node.attrs.get("transA", 0)):
             return "non-constant or transposed operands"
-        if len(node.inputs) > 2 and node.inputs[2].name and const_value(node.inputs[2]) is None:
-            return "non-constant bias"
+        n_out = bv.shape[0] if int(node.attrs.get("transB", 0)) else bv.shape[1]
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            cv = const_value(node.inputs[2])
+            if cv is None or cv.size not in (1, n_out):
+                return "bias that is not a constant vector"
         if self._only_first_input_labelled(node):
             return "labelled weights"
-        n_out = bv.shape[0] if int(node.attrs.get("transB", 0)) else bv.shape[1]
         return self._dense(node, a, n_out)
 
     def op_MatMul(self, node: gs.Node) -> str | None:

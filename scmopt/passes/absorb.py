@@ -148,7 +148,12 @@ def _absorb_dense(graph, node, cut: Cut, m, b, mask) -> None:
         node.attrs["alpha"], node.attrs["beta"] = 1.0, 1.0
         replace_constant(node, 1, (mixed.T if trans else mixed).astype(dtype), "absorbed")
         has_c = len(node.inputs) > 2 and node.inputs[2].name
-        cval = beta * np.broadcast_to(node.inputs[2].values, (wk.shape[1],)) if has_c else 0.0
+        # C is a scalar, [O] or [1, O] (units.py refuses other shapes)
+        cval = (
+            beta * np.broadcast_to(node.inputs[2].values.reshape(-1), (wk.shape[1],))
+            if has_c
+            else 0.0
+        )
         if has_c or contrib.any():
             _set_bias(node, cval + contrib, dtype)
         return
