@@ -179,11 +179,6 @@ def compress(
         / max(np.mean(np.sum(centered**2, 1)), 1e-30)
     )
     t4 = time.perf_counter()
-    if compiled.interior_exact:
-        notes.append(
-            "dynamic spatial shapes: constants entering padded convolutions "
-            f"({', '.join(compiled.interior_exact)}) are exact away from the border only"
-        )
     fid = {
         "risk": found.metrics.get("risk"),
         "risk_plain": risk_plain,
@@ -205,7 +200,6 @@ def compress(
         "flops": {"before": cost.count_flops(ug.model), "after": cost.count_flops(compiled.model)},
         "fidelity": fid,
         "compile_max_abs_error": err,
-        "interior_exact": compiled.interior_exact,
         "timing_s": {
             "total": time.perf_counter() - t0,
             "load": t1 - t0,

@@ -20,7 +20,6 @@ from scmopt.units import UnitGraph
 @dataclass
 class Compiled:
     model: onnx.ModelProto
-    interior_exact: list[str] = field(default_factory=list)  # consumers exact off the border
     kept_positions: dict[str, np.ndarray] = field(default_factory=dict)  # cut -> old indices
 
 
@@ -31,7 +30,7 @@ def compile_plan(ug: UnitGraph, plan: Plan) -> Compiled:
     graph = gs.import_onnx(copy.deepcopy(src))
     keep = Survivors(ug, plan.removed)
     slice_channels(graph, keep, opset(src))
-    interior = absorb_replacements(graph, keep, plan)
+    absorb_replacements(graph, keep, plan)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     out = gs.export_onnx(graph, do_type_check=False)
     for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version",
@@ -43,4 +42,4 @@ def compile_plan(ug: UnitGraph, plan: Plan) -> Compiled:
     out.metadata_props.extend(src.metadata_props)
     out = infer_shapes(out)
     kept = {t: np.flatnonzero(keep.channels(t)) for t in ug.cuts}
-    return Compiled(out, interior, kept)
+    return Compiled(out, kept)

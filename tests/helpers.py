@@ -30,3 +30,36 @@ def io_signature(model: onnx.ModelProto) -> list[tuple[str, str]]:
     inits = {i.name for i in model.graph.initializer}
     ios = [i for i in model.graph.input if i.name not in inits] + list(model.graph.output)
     return [(vi.name, str(vi.type).replace("\n", " ")) for vi in ios]
+
+
+def padded_convnet(seed: int = 0) -> onnx.ModelProto:
+    """x[N,3,H,W] -> Conv3x3(pad 1) -> Relu -> Conv3x3(pad 1) -> Relu -> GAP -> Flatten -> Gemm,
+    with symbolic H and W: constants entering the second conv have border effects."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def init(name, *shape):
+        return numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 6, 8, 3, 3), init("b2", 6),
+             init("w3", 4, 6), init("b3", 4)]  # fmt: skip
+    pad = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3]}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], **pad),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], **pad),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "padded",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # onnx writes its newest IR, which onnxruntime may not read yet
+    return model

@@ -4,10 +4,10 @@ A consumer computes W x with x the cut; the plan replaces x by M x + B (scmopt.p
 consumer becomes (W M) x + W B: weights mixed by M (folds), the constant W B added to the bias,
 and the columns of removed units, zero in W M, dropped.
 
-Preserves: the consumer's output equals its output on the plan's simulation. For a padded
-convolution W B is not a per-channel bias near the borders: with static spatial shapes the exact
-map is added after the convolution; with dynamic shapes the interior value is used and the
-consumer is reported as interior-exact.
+Preserves: the consumer's output equals its output on the plan's simulation, exactly. For a
+padded convolution W B is not a per-channel bias near the borders: the exact contribution is
+added after the convolution as Conv(ones, V) (constant channels; works for dynamic spatial
+shapes too) or as a constant map (per-position constants, static shapes only).
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from scmopt.plan import Plan
 from scmopt.units import Cut
 
 
-def absorb_replacements(graph: gs.Graph, keep: Survivors, plan: Plan) -> list[str]:
-    """Rewrites every consumer of every touched cut; returns the interior-exact consumers."""
-    interior: list[str] = []
+def absorb_replacements(graph: gs.Graph, keep: Survivors, plan: Plan) -> gs.Graph:
+    """Rewrites every consumer of every touched cut."""
     nodes = {n.name: n for n in graph.nodes}
     for cut in keep.ug.cuts.values():
         if not plan.touches(cut):
@@ -34,11 +33,10 @@ def absorb_replacements(graph: gs.Graph, keep: Survivors, plan: Plan) -> list[st
         for name in cut.consumers:
             node = nodes[name]
             if node.op == "Conv":
-                if not _absorb_conv(graph, node, cut, m, b, mask):
-                    interior.append(name)
+                _absorb_conv(graph, node, cut, m, b, mask)
             else:
                 _absorb_dense(graph, node, cut, m, b, mask)
-    return interior
+    return graph
 
 
 def _bias_index(node: gs.Node, n_out: int, dtype: np.dtype) -> np.ndarray:
@@ -55,7 +53,7 @@ def _set_bias(node: gs.Node, bias: np.ndarray, dtype: np.dtype) -> None:
         node.inputs.append(const)
 
 
-def _absorb_conv(graph, node, cut: Cut, m, b, mask) -> bool:
+def _absorb_conv(graph: gs.Graph, node: gs.Node, cut: Cut, m, b, mask) -> None:
     w = node.inputs[1].values
     dtype = w.dtype
     w64 = w.astype(np.float64)
@@ -63,34 +61,34 @@ def _absorb_conv(graph, node, cut: Cut, m, b, mask) -> bool:
         node, 1, take(np.einsum("oikl,ij->ojkl", w64, m), mask, 1).astype(dtype), "absorbed"
     )
     if not b.any():
-        return True
-    out_ch = w.shape[0]
-    bias = _bias_index(node, out_ch, dtype)
-    if cut.spatial is None:  # dynamic shapes: exact away from the padded border only
-        if b.shape[1] != 1:
-            raise ValueError("per-position constants need static spatial shapes")
-        _set_bias(node, bias + np.einsum("oikl,i->o", w64, b[:, 0]), dtype)
-        return False
-    scalar = b.shape[1] == 1
-    bmap = np.broadcast_to(b, (b.shape[0], int(np.prod(cut.spatial)))).reshape(
-        b.shape[0], *cut.spatial
-    )
-    contrib = _conv_of_map(node, w64, bmap)
-    flat = contrib.reshape(out_ch, -1)
-    spread = flat.max(axis=1) - flat.min(axis=1)
-    if np.all(spread <= 1e-9 * (1.0 + np.abs(flat).max())):
-        _set_bias(node, bias + flat[:, 0], dtype)
-    elif scalar:
-        # Constant channels under zero padding: the map is Conv(ones, V) with V = sum_i b_i W_i,
-        # O*k*k parameters instead of a full O*H*W map.
-        v = np.einsum("oikl,i->okl", w64, b[:, 0])[:, None]
-        _add_conv_of_ones(graph, node, v.astype(dtype), cut.spatial)
-    else:  # per-position constants: the exact map
-        _add_after(graph, node, contrib[None].astype(dtype), "bias_map")
-    return True
-    # border effects: add the exact constant map after the convolution
-    _add_after(graph, node, contrib[None].astype(dtype), "bias_map")
-    return True
+        return
+    bias = _bias_index(node, w.shape[0], dtype)
+    interior = np.einsum("oikl,i->o", w64, b.mean(axis=1))
+    if b.shape[1] == 1 and not _pads(node):  # no border: a per-channel bias is exact
+        _set_bias(node, bias + interior, dtype)
+        return
+    if cut.spatial is not None:
+        bmap = np.broadcast_to(b, (b.shape[0], int(np.prod(cut.spatial))))
+        contrib = _conv_of_map(node, w64, bmap.reshape(b.shape[0], *cut.spatial))
+        flat = contrib.reshape(w.shape[0], -1)
+        spread = flat.max(axis=1) - flat.min(axis=1)
+        if np.all(spread <= 1e-9 * (1.0 + np.abs(flat).max())):
+            _set_bias(node, bias + flat[:, 0], dtype)
+            return
+        if b.shape[1] > 1:  # per-position constants: the exact map
+            _add_after(graph, node, contrib[None].astype(dtype), "bias_map")
+            return
+    # Constant channels under zero padding: the contribution is Conv(ones, V) with
+    # V = sum_i b_i W_i, exact at the border for any (even dynamic) spatial size, and only
+    # O*k*k parameters instead of an O*H*W map.
+    v = np.einsum("oikl,i->okl", w64, b[:, 0])[:, None]
+    _add_conv_of_ones(graph, node, v.astype(dtype), cut.spatial)
+
+
+def _pads(node: gs.Node) -> bool:
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    return auto in ("SAME_UPPER", "SAME_LOWER") or any(node.attrs.get("pads", []))
 
 
 def _conv_of_map(node: gs.Node, w64: np.ndarray, bmap: np.ndarray) -> np.ndarray:
@@ -174,26 +172,36 @@ def _add_after(graph: gs.Graph, node: gs.Node, values: np.ndarray, tag: str) -> 
 
 
 def _add_conv_of_ones(graph: gs.Graph, node: gs.Node, v: np.ndarray, spatial) -> None:
-    ones_shape = gs.Constant(f"{node.name}__ones_shape", np.array([1, 1, *spatial], np.int64))
-    ones = gs.Variable(f"{node.name}__ones", dtype=np.float32)
-    graph.nodes.append(
-        gs.Node(
-            "ConstantOfShape",
-            f"{node.name}__ones",
-            attrs={"value": gs.Constant(f"{node.name}__one", np.ones(1, dtype=v.dtype))},
-            inputs=[ones_shape],
-            outputs=[ones],
-        )
-    )
-    border = gs.Variable(f"{node.name}__border_map", dtype=np.float32)
+    """Adds Conv(ones[1, 1, *spatial], v) to the node's output (same conv attributes)."""
+    tag = f"{node.name}__border"
+    if spatial is not None:
+        shape: gs.Tensor = gs.Constant(f"{tag}_shape", np.array([1, 1, *spatial], np.int64))
+    else:  # dynamic spatial dims: read them from the convolution's input at run time
+        full = gs.Variable(f"{tag}_in_shape", dtype=np.int64)
+        rest = gs.Variable(f"{tag}_spatial", dtype=np.int64)
+        shape = gs.Variable(f"{tag}_shape", dtype=np.int64)
+        graph.nodes.append(gs.Node("Shape", f"{tag}_in_shape", inputs=[node.inputs[0]],
+                                   outputs=[full]))  # fmt: skip
+        if graph.opset >= 10:
+            starts = gs.Constant(f"{tag}_starts", np.array([2], np.int64))
+            ends = gs.Constant(f"{tag}_ends", np.array([np.iinfo(np.int64).max], np.int64))
+            graph.nodes.append(gs.Node("Slice", f"{tag}_slice", inputs=[full, starts, ends],
+                                       outputs=[rest]))  # fmt: skip
+        else:
+            graph.nodes.append(gs.Node("Slice", f"{tag}_slice", inputs=[full], outputs=[rest],
+                                       attrs={"starts": [2], "ends": [2**31 - 1]}))  # fmt: skip
+        lead = gs.Constant(f"{tag}_lead", np.array([1, 1], np.int64))
+        graph.nodes.append(gs.Node("Concat", f"{tag}_concat", inputs=[lead, rest],
+                                   outputs=[shape], attrs={"axis": 0}))  # fmt: skip
+    ones = gs.Variable(f"{tag}_ones", dtype=v.dtype)
+    one = gs.Constant(f"{tag}_one", np.ones(1, dtype=v.dtype))
+    graph.nodes.append(gs.Node("ConstantOfShape", f"{tag}_ones", attrs={"value": one},
+                               inputs=[shape], outputs=[ones]))  # fmt: skip
+    border = gs.Variable(f"{tag}_map", dtype=v.dtype)
     attrs = {k: a for k, a in node.attrs.items() if k != "group"}
-    kern = gs.Constant(f"{node.name}__border_kernel", v)
-    graph.nodes.append(
-        gs.Node("Conv", f"{node.name}__border", attrs=attrs, inputs=[ones, kern], outputs=[border])
-    )
+    kern = gs.Constant(f"{tag}_kernel", v)
+    graph.nodes.append(gs.Node("Conv", tag, attrs=attrs, inputs=[ones, kern], outputs=[border]))
     out = node.outputs[0]
     pre = gs.Variable(f"{out.name}__border_pre", dtype=out.dtype)
     node.outputs[0] = pre
-    graph.nodes.append(
-        gs.Node("Add", f"{node.name}__border_add", inputs=[pre, border], outputs=[out])
-    )
+    graph.nodes.append(gs.Node("Add", f"{tag}_add", inputs=[pre, border], outputs=[out]))
