@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -69,7 +70,18 @@ def session(
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
+    try:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
+    except Exception as exc:
+        # Newer onnx writers stamp an IR version this onnxruntime cannot read; the graph itself
+        # is usually fine at the highest IR it supports (the output model keeps its own IR).
+        found = re.search(r"max supported IR version: (\d+)", str(exc))
+        if not found or model.ir_version <= int(found.group(1)):
+            raise
+        lowered = onnx.ModelProto()
+        lowered.CopyFrom(model)
+        lowered.ir_version = int(found.group(1))
+        return ort.InferenceSession(lowered.SerializeToString(), opts, providers=providers(device))
 
 
 def batches(feeds: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -1,0 +1,44 @@
+"""Provider choice and batched runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import padded_convnet
+
+from scmopt import runtime
+from scmopt.errors import ScmoptError
+
+
+def test_auto_uses_cuda_only_when_it_really_loads():
+    provs = runtime.providers("auto")
+    assert provs[-1] == runtime.CPU
+    assert (runtime.CUDA in provs) == runtime.cuda_available()
+
+
+def test_cuda_request_without_device_is_a_clear_error():
+    if runtime.cuda_available():
+        pytest.skip("this machine has a working CUDA device")
+    with pytest.raises(ScmoptError, match="CUDA"):
+        runtime.providers("cuda")
+
+
+def test_unknown_device():
+    with pytest.raises(ScmoptError, match="unknown device"):
+        runtime.providers("tpu")
+
+
+def test_newest_ir_stamp_still_runs():
+    model = padded_convnet()
+    assert model.ir_version > 10  # written by the installed onnx
+    sess = runtime.session(model, device="cpu")
+    x = np.zeros((2, 3, 5, 5), np.float32)
+    assert sess.run(None, {"x": x})[0].shape == (2, 4)
+
+
+def test_run_batched_concatenates():
+    sess = runtime.session(padded_convnet(), device="cpu")
+    x = np.random.default_rng(0).normal(size=(10, 3, 5, 5)).astype(np.float32)
+    whole = sess.run(None, {"x": x})[0]
+    (batched,) = runtime.run_batched(sess, {"x": x}, batch_size=3)
+    np.testing.assert_allclose(batched, whole, rtol=1e-6, atol=1e-6)
