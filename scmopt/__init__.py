@@ -1,8 +1,8 @@
 """scmopt: compile trained ONNX networks into sparse approximate causal abstractions.
 
-    import scmopt
-    result = scmopt.compress("model.onnx", "calib.npz", min_fidelity=0.99)
-    result.save("small.onnx")
+>>> import scmopt
+>>> result = scmopt.compress("model.onnx", "calib.npz", min_fidelity=0.99)  # doctest: +SKIP
+>>> result.save("small.onnx")  # doctest: +SKIP
 """
 
 __version__ = "0.1.0"
