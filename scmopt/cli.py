@@ -38,7 +38,8 @@ class _Bars:
     """One progress bar per stage, fed by the search's progress callback."""
 
     def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
+        # bars only on a terminal: in logs they would be one stale line per stage
+        self.quiet = quiet or not sys.stderr.isatty()
         self.stage: str | None = None
         self.bar = None
         self.done = 0

@@ -120,17 +120,17 @@ def histogram(title: str, values: Sequence[float], xlabel: str, bins: int = 30) 
 
 
 def layered_graph(
-    title: str, layers: list[list[tuple[str, str, float]]], edges: list[tuple[str, str]]
+    title: str, layers: list[list[tuple[str, str, str, float]]], edges: list[tuple[str, str]]
 ) -> str:
-    """Nodes in columns (topological layers); label, tooltip and a fill level in [0, 1]."""
+    """Nodes in columns (topological layers): key, label, tooltip, fill level in [0, 1]."""
     cols = max(len(layers), 1)
     rows = max((len(layer) for layer in layers), default=1)
-    width = max(W, 110 * cols + 40)
+    width = max(W, 120 * cols + 40)
     height = max(160, 46 * rows + 60)
     pos = {}
     for ci, layer in enumerate(layers):
-        for ri, (name, _, _) in enumerate(layer):
-            x = 30 + ci * (width - 80) / max(cols - 1, 1)
+        for ri, (name, _, _, _) in enumerate(layer):
+            x = 20 + ci * (width - 120) / max(cols - 1, 1)
             y = 40 + (ri + 0.5) * (height - 60) / len(layer)
             pos[name] = (x, y)
     body = []
@@ -142,7 +142,7 @@ def layered_graph(
                 f'stroke-width="1"/>'
             )
     for layer in layers:
-        for name, tip, level in layer:
+        for name, label, tip, level in layer:
             x, y = pos[name]
             body.append(
                 f"<g><title>{html.escape(tip)}</title>"
@@ -150,6 +150,6 @@ def layered_graph(
                 f'stroke="#555"/><rect x="{x}" y="{y - 14}" width="{80 * level:.1f}" '
                 f'height="28" rx="4" fill="{COLORS[2]}" opacity="0.6"/>'
                 f'<text x="{x + 40}" y="{y + 4}" text-anchor="middle">'
-                f"{html.escape(name[:14])}</text></g>"
+                f"{html.escape(label[:16])}</text></g>"
             )
     return _frame(title, "".join(body), width=int(width), height=int(height))
