@@ -137,3 +137,32 @@ def test_dynamic_spatial_shapes_compress_exactly(tmp_path):
     x = np.random.default_rng(0).normal(size=(128, 3, 9, 9)).astype(np.float32)
     result = scmopt.compress(str(path), {"x": x}, keep=0.5)
     assert result.report["compile_max_abs_error"] < 1e-4
+
+
+def test_image_folder_and_npy_data(tmp_path):
+    from PIL import Image
+
+    data = load_split("cnn_digits", "calib")["input"][:64]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(data):
+        Image.fromarray((img[0] * 255).astype(np.uint8), mode="L").save(folder / f"{i:03d}.png")
+    npy = tmp_path / "calib.npy"
+    np.save(npy, data)
+    for source in (folder, npy):
+        out = tmp_path / f"out_{source.suffix or 'dir'}.onnx"
+        res = CliRunner().invoke(main, [CNN, str(out), "--data", str(source), "--keep", "0.5",
+                                        "-q"])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        assert out.exists()
+
+
+def test_external_data_model(tmp_path, calib):
+    model = onnx.load(CNN)
+    src = tmp_path / "ext.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location="ext.data",
+                    size_threshold=0)  # fmt: skip
+    out = tmp_path / "small.onnx"
+    res = CliRunner().invoke(main, [str(src), str(out), "--data", calib, "--keep", "0.5", "-q"])
+    assert res.exit_code == 0, res.output
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
