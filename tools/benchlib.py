@@ -130,11 +130,28 @@ def _producer_biases(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def kept_positions_by_bias(ug: UnitGraph, candidate: onnx.ModelProto) -> dict[str, np.ndarray]:
     """For each cut of `ug` that `candidate` still has (same tensor name): the original channel
-    index of each of the candidate's channels, found by matching producer biases (channel
-    removal by slicing keeps a surviving channel's bias bit-identical; it is verified to be
-    unique). Use on a model whose producers were only sliced, not refitted."""
+    index of each of the candidate's channels. Channels are matched through the producers
+    (Conv / Gemm nodes of the same name in both models) by their bias values: removing channels
+    by slicing keeps a surviving channel's bias bit-identical (verified to be unique). Use on a
+    model whose producers were only sliced, not refitted."""
     cand_ug = units.analyze(candidate)
     ob, cb = _producer_biases(ug.model), _producer_biases(cand_ug.model)
+    outs = {n.name: n.output[0] for n in ug.model.graph.node}
+    cand_outs = {n.name: n.output[0] for n in cand_ug.model.graph.node}
+    to_orig: dict[str, str] = {}  # candidate unit id -> original unit id
+    for node, b in ob.items():
+        if node not in cb or outs.get(node) not in ug.layouts:
+            continue
+        lay, clay = ug.layouts[outs[node]], cand_ug.layouts.get(cand_outs.get(node, ""))
+        if clay is None:
+            continue
+        for j, v in enumerate(cb[node]):
+            hit = np.flatnonzero(np.abs(b - v) <= 1e-6 * max(1.0, abs(v)))
+            if len(hit) != 1:
+                raise ValueError(f"cannot map channel {j} of {node}: {len(hit)} bias matches")
+            prev = to_orig.setdefault(clay[j], lay[int(hit[0])])
+            if prev != lay[int(hit[0])]:
+                raise ValueError(f"inconsistent channel map for {clay[j]} ({prev} vs {lay[hit[0]]})")
     result: dict[str, np.ndarray] = {}
     for t, cut in ug.cuts.items():
         ccut = cand_ug.cuts.get(t)
@@ -143,15 +160,7 @@ def kept_positions_by_bias(ug: UnitGraph, candidate: onnx.ModelProto) -> dict[st
         index = {u: i for i, u in enumerate(cut.units)}
         pos = []
         for u in ccut.units:
-            node, _, ch = u.rpartition(":")
-            if node in ob and node in cb:
-                b, v = ob[node], cb[node][int(ch)]
-                hit = np.flatnonzero(np.abs(b - v) <= 1e-6 * max(1.0, abs(v)))
-                if len(hit) != 1:
-                    raise ValueError(f"cannot map channel {u} of cut {t}: {len(hit)} bias matches")
-                orig = f"{node}:{int(hit[0])}"
-            else:
-                orig = u  # anonymous / bias-free units: same id, never pruned
+            orig = to_orig.get(u, u)  # units without biased producers: same id, never pruned
             if orig not in index:
                 raise ValueError(f"unit {orig} not in cut {t} of the original")
             pos.append(index[orig])

@@ -1,0 +1,1 @@
+"""Peer compressors run side by side with scmopt in tools/bench_peers.py (no retraining)."""
