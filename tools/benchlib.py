@@ -380,3 +380,30 @@ def md_table(rows: list[dict], cols: list[tuple[str, str]], nd: int = 3) -> str:
 
 def log(*a) -> None:
     print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+# scmopt runs -------------------------------------------------------------------------------
+def calib_path(name: str) -> Path:
+    from models import zoo_dir
+
+    entry = get_entry(name)
+    return zoo_dir() / entry["calib"]
+
+
+def run_scmopt(model, data, **kwargs) -> tuple:
+    """(Result, wall seconds, kept positions per cut) of scmopt.api.compress(model, data, ...)."""
+    import scmopt
+    from scmopt.compiler import compile_plan
+
+    t0 = time.perf_counter()
+    res = scmopt.compress(model, data, **kwargs)
+    secs = time.perf_counter() - t0
+    kept = compile_plan(res.unit_graph, res.plan).kept_positions
+    return res, secs, kept
+
+
+def target_units(ug: UnitGraph, keep: float) -> int:
+    """Total units (frozen included) left when `keep` of the prunable units are kept; the same
+    rounding as scmopt's keep mode."""
+    pr = len(ug.prunable)
+    return len(ug.units) - pr + int(round(keep * pr))
