@@ -1,0 +1,389 @@
+"""Curvature of the output risk along unit replacements (DESIGN §2, "curvature estimators").
+
+Replacing unit u at a cut by r_u(x) moves the activations by d = r_u(x) - a_u(x); to second
+order the risk is E||J_u d||^2. Every estimator here returns kappa[cut][channel] with
+
+    R_u(cut) ~= kappa * E||d||^2            (E||d||^2 summed over the channel's positions)
+
+so scoring multiplies kappa by interventional variances or fold residuals, whatever the source:
+
+- uniform:  kappa = 1 (variance pruning);
+- layer:    one Frobenius norm per cut from random-sign probes, spread over units by the squared
+            norms of their consumer weights (isotropic curvature at the consumer's output:
+            exact for the last linear layer, blind to function-preserving rescalings);
+- unit:     per unit, central finite differences along its own replacement direction,
+            J d ~= [f(a + eps d) - f(a - eps d)] / (2 eps);
+- ablation: the same code path with eps = 1, one-sided: the exact effect of the replacement.
+
+All probes go through `Prober`: the part of the network below each cut, extracted from the
+plan-hooked model (so downstream replacements apply) and fed with cached upstream tensors;
+many perturbed copies run in one onnxruntime call.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from scmopt.graph import infer_shapes
+from scmopt.intervene import HookSpec, dynamic_batch, hook
+from scmopt.runtime import session
+from scmopt.units import UnitGraph
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass
+class Direction:
+    """A unit's replacement at one cut: r = sum_k coef_k a_k + offset (offset [P] or [1])."""
+
+    channels: list[int]  # channel positions of the unit in the cut
+    pred: np.ndarray  # predictor channel indices
+    coef: np.ndarray
+    offset: np.ndarray
+
+    def delta(self, base: np.ndarray) -> np.ndarray:
+        """d = r - a for base values [n, C, P] -> [n, P]."""
+        r = self.offset.reshape(1, -1) - base[:, self.channels[0], :]
+        if len(self.pred):
+            r = r + np.einsum("nkp,k->np", base[:, self.pred, :], self.coef)
+        return r
+
+
+@dataclass
+class Curvature:
+    """kappa per cut and channel (NaN: not estimated), and how it was obtained."""
+
+    kappa: dict[str, np.ndarray]
+    risk: dict[str, np.ndarray] = field(default_factory=dict)  # measured E||J d||^2
+    energy: dict[str, np.ndarray] = field(default_factory=dict)  # E||d||^2 of those probes
+    n: int = 0  # samples behind risk and energy
+    method: str = "uniform"
+
+
+def merge(parts: list[Curvature]) -> Curvature:
+    """Pools probe results of several sample chunks (weighted by their sample counts)."""
+    total = sum(c.n for c in parts)
+    first = parts[0]
+    risk = {t: sum(c.risk[t] * c.n for c in parts) / total for t in first.risk}
+    energy = {t: sum(c.energy[t] * c.n for c in parts) / total for t in first.energy}
+    kappa = {
+        t: np.where(energy[t] > 1e-30, risk[t] / np.maximum(energy[t], 1e-30), 0.0) for t in risk
+    }
+    for t in kappa:
+        kappa[t][np.isnan(risk[t])] = np.nan
+    return Curvature(kappa, risk, energy, total, first.method)
+
+
+class Prober:
+    """Downstream subgraphs of a plan-hooked model, one per cut, fed from cached tensors."""
+
+    def __init__(
+        self,
+        ug: UnitGraph,
+        sites: list[str],
+        *,
+        batched: bool = True,
+        device: str = "auto",
+        max_batch: int = 512,
+    ) -> None:
+        self.ug = ug
+        self.sites = sites
+        self.device = device
+        self.batched = batched
+        self.max_batch = max_batch if batched else 1
+        base = dynamic_batch(ug.model) if batched else ug.model
+        hooked = hook(ug, {t: HookSpec(plan="input") for t in sites}, model=base)
+        self.inputs = hooked.inputs
+        model = infer_shapes(hooked.model)
+        self.output = ug.model.graph.output[0].name
+        g = model.graph
+        graph_inputs = {i.name for i in g.input}
+        inits = {i.name for i in g.initializer}
+        types = _elem_types(model)
+        self.subs: dict[str, onnx.ModelProto] = {}
+        self.externals: dict[str, list[str]] = {}
+        wanted: list[str] = []
+        for t in sites:
+            sub, ext = _downstream(model, t, self.output, types)
+            self.subs[t] = sub
+            self.externals[t] = ext
+            for e in ext:
+                if e not in graph_inputs and e not in inits and e not in wanted:
+                    wanted.append(e)
+        cap = copy.deepcopy(model)
+        have = {o.name for o in cap.graph.output}
+        for e in wanted:
+            if e not in have:
+                cap.graph.output.append(helper.make_tensor_value_info(e, types.get(e, 1), None))
+        self.capture_names = [self.output] + wanted
+        self.capture_model = cap
+        self._sessions: dict[str, object] = {}
+
+    def _session(self, key: str):
+        if key not in self._sessions:
+            model = self.capture_model if key == "" else self.subs[key]
+            self._sessions[key] = session(model, self.device)
+        return self._sessions[key]
+
+    def cache(self, x: Feeds, plan_feeds: Feeds) -> Feeds:
+        """Runs the hooked model once on `x`: outputs plus every tensor a subgraph needs."""
+        feeds = {**x, **self._plan(plan_feeds)}
+        sess = self._session("")
+        if self.batched:
+            res = sess.run(self.capture_names, feeds)
+        else:
+            n = len(next(iter(x.values())))
+            parts = [
+                sess.run(self.capture_names, {k: (v[i : i + 1] if k in x else v)
+                                              for k, v in feeds.items()})
+                for i in range(n)
+            ]  # fmt: skip
+            res = [np.concatenate([p[j] for p in parts]) for j in range(len(self.capture_names))]
+        out = dict(zip(self.capture_names, res, strict=True))
+        out.update(x)
+        return out
+
+    def _plan(self, plan_feeds: Feeds) -> Feeds:
+        """Plan feeds renamed for this model's hooks (same names as the Runner's)."""
+        return {k: v for k, v in plan_feeds.items() if k.endswith("::M") or k.endswith("::B")}
+
+    def base(self, cut: str, cache: Feeds) -> np.ndarray:
+        """Values of the cut as the readers see them (after the plan), [n, C, P]."""
+        v = cache[cut]
+        return v.reshape(v.shape[0], self.ug.cuts[cut].channels, -1)
+
+    def directional(
+        self,
+        cut: str,
+        cache: Feeds,
+        plan_feeds: Feeds,
+        make: Callable[[np.ndarray], np.ndarray],
+        count: int,
+        eps: float,
+        central: bool = True,
+    ) -> np.ndarray:
+        """J d estimates [count, n, O] for directions make(idx) -> [len(idx), n, C, P]."""
+        raw = cache[cut]
+        n = raw.shape[0]
+        shape = raw.shape[1:]
+        base = self.base(cut, cache).astype(np.float32)
+        ext = [e for e in self.externals[cut] if e != cut]
+        plan = self._plan(plan_feeds)
+        sess = self._session(cut)
+        reps_per_dir = 2 if central else 1
+        k = max(1, self.max_batch // max(1, n * reps_per_dir))
+        out = np.empty((count, n, _out_size(cache[self.output])), np.float64)
+        f0 = cache[self.output].reshape(n, -1).astype(np.float64)
+        for start in range(0, count, k):
+            idx = np.arange(start, min(count, start + k))
+            d = make(idx).astype(np.float32)  # [m, n, C, P]
+            m = len(idx)
+            vals = [base[None] + eps * d]
+            if central:
+                vals.append(base[None] - eps * d)
+            v = np.concatenate(vals).reshape((reps_per_dir * m * n, *shape))
+            feeds = {cut: v, **{kk: vv for kk, vv in plan.items() if kk in self.externals[cut]}}
+            for e in ext:
+                if e in plan:
+                    continue
+                feeds[e] = np.concatenate([cache[e]] * (reps_per_dir * m))
+            res = self._run_sub(sess, feeds, reps_per_dir * m * n)
+            res = res.reshape(reps_per_dir, m, n, -1).astype(np.float64)
+            if central:
+                out[idx] = (res[0] - res[1]) / (2 * eps)
+            else:
+                out[idx] = (res[0] - f0[None]) / eps
+        return out
+
+    def _run_sub(self, sess, feeds: Feeds, n: int) -> np.ndarray:
+        if self.batched:
+            return sess.run([self.output], feeds)[0].reshape(n, -1)
+        batch = {k for k, v in feeds.items() if not (k.endswith("::M") or k.endswith("::B"))}
+        rows = [
+            sess.run([self.output], {k: (v[i : i + 1] if k in batch else v)
+                                     for k, v in feeds.items()})[0]
+            for i in range(n)
+        ]  # fmt: skip
+        return np.concatenate(rows).reshape(n, -1)
+
+
+def _out_size(f: np.ndarray) -> int:
+    return int(np.prod(f.shape[1:])) if f.ndim > 1 else 1
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    types = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        types[vi.name] = vi.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+def _downstream(
+    model: onnx.ModelProto, start: str, output: str, types: dict[str, int]
+) -> tuple[onnx.ModelProto, list[str]]:
+    """The nodes that depend on tensor `start`, as a model whose inputs are `start` and every
+    other tensor those nodes read from outside (upstream activations, plan inputs)."""
+    g = model.graph
+    readers: dict[str, list[int]] = {}
+    for i, node in enumerate(g.node):
+        for name in node.input:
+            readers.setdefault(name, []).append(i)
+    chosen: set[int] = set()
+    stack = [start]
+    while stack:
+        for i in readers.get(stack.pop(), []):
+            if i not in chosen:
+                chosen.add(i)
+                stack.extend(g.node[i].output)
+    nodes = [g.node[i] for i in sorted(chosen)]
+    produced = {o for n in nodes for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    externals: list[str] = []
+    used_inits = []
+    for n in nodes:
+        for name in n.input:
+            if not name or name in produced:
+                continue
+            if name in inits:
+                if inits[name] not in used_inits:
+                    used_inits.append(inits[name])
+            elif name not in externals:
+                externals.append(name)
+    if start not in externals:
+        externals.insert(0, start)
+    inputs = [helper.make_tensor_value_info(e, types.get(e, 1), None) for e in externals]
+    outputs = [helper.make_tensor_value_info(output, types.get(output, 1), None)]
+    if output not in produced:  # the output does not depend on this cut
+        nodes = [helper.make_node("Identity", [start], ["__unused__"])]
+        outputs = [helper.make_tensor_value_info("__unused__", types.get(start, 1), None)]
+    graph = helper.make_graph(nodes, f"below_{start}", inputs, outputs, list(used_inits))
+    sub = helper.make_model(graph, opset_imports=list(model.opset_import))
+    sub.ir_version = model.ir_version
+    return sub, externals
+
+
+# estimators --------------------------------------------------------------------------------
+def uniform(ug: UnitGraph, sites: list[str]) -> Curvature:
+    """kappa = 1: risk scores become variances (variance pruning)."""
+    return Curvature({t: np.ones(ug.cuts[t].channels) for t in sites}, method="uniform")
+
+
+def consumer_norms(ug: UnitGraph, cut: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel: (mean over the channel's positions of the squared L2 norm of its consumer
+    weight columns, summed over consumers; L1 norm of all its consumer weights)."""
+    c = ug.cuts[cut]
+    nodes = {n.name: n for n in ug.model.graph.node}
+    inits = {i.name: i for i in ug.model.graph.initializer}
+    l2 = np.zeros(c.channels)
+    l1 = np.zeros(c.channels)
+    for name in c.consumers:
+        node = nodes[name]
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            cols = w.transpose(1, 0, *range(2, w.ndim)).reshape(w.shape[1], -1)  # [Cin, rest]
+            l2 += np.sum(cols**2, axis=1)
+            l1 += np.sum(np.abs(cols), axis=1)
+            continue
+        if node.op_type == "Gemm":
+            w = w * float(attrs.get("alpha", 1.0))
+            if int(attrs.get("transB", 0)):
+                w = w.T
+        feats = w.reshape(c.channels, c.block, -1)  # [C, block, out]
+        l2 += np.mean(np.sum(feats**2, axis=2), axis=1)
+        l1 += np.sum(np.abs(feats), axis=(1, 2))
+    return l2, l1
+
+
+def random_signs(rng: np.random.Generator, kept: np.ndarray, n: int, p: int, count: int):
+    """A direction factory of Rademacher probes on kept channels."""
+
+    def make(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), n, len(kept), p), np.float32)
+        for j, i in enumerate(idx):
+            r = np.random.default_rng([int(rng.integers(1 << 31)), int(i)])
+            out[j] = r.choice(np.array([-1.0, 1.0], np.float32), size=(n, len(kept), p))
+        out *= kept[None, None, :, None]
+        return out
+
+    return make
+
+
+def layer(
+    prober: Prober,
+    cache: Feeds,
+    plan_feeds: Feeds,
+    kept: dict[str, np.ndarray],
+    *,
+    probes: int = 4,
+    eps: float = 0.05,
+    seed: int = 0,
+) -> Curvature:
+    """Per cut: ||J||_F^2 over kept coordinates from random-sign probes, spread over units in
+    proportion to their consumer weight norms (kappa_out isotropic at the consumer output)."""
+    kappa = {}
+    for t in prober.sites:
+        base = prober.base(t, cache)
+        n, c, p = base.shape
+        keep = kept[t].astype(np.float32)
+        scale = float(np.sqrt(np.mean(base[:, kept[t]] ** 2))) or 1.0
+        make = random_signs(np.random.default_rng([seed, len(kappa)]), keep, n, p, probes)
+        jd = prober.directional(t, cache, plan_feeds, make, probes, eps * scale)
+        frob = float(np.mean(np.sum(jd**2, axis=2)))  # E||J v||^2 = ||J_K||_F^2 for unit signs
+        l2, _ = consumer_norms(prober.ug, t)
+        denom = p * float(np.sum(l2[kept[t]])) or 1.0
+        kappa[t] = frob * l2 / denom
+    return Curvature(kappa, method="layer")
+
+
+def unit(
+    prober: Prober,
+    cache: Feeds,
+    plan_feeds: Feeds,
+    directions: dict[str, dict[str, Direction]],
+    *,
+    eps: float = 0.05,
+    central: bool = True,
+) -> Curvature:
+    """Per unit: E||J d||^2 / E||d||^2 along its replacement direction, by finite differences
+    (central, eps relative to d) or, with eps = 1 and central = False, the exact effect."""
+    kappa = {}
+    risk = {}
+    energy = {}
+    n = len(cache[prober.output])
+    for t, dirs in directions.items():
+        c = prober.ug.cuts[t].channels
+        kappa[t] = np.full(c, np.nan)
+        risk[t] = np.full(c, np.nan)
+        energy[t] = np.full(c, np.nan)
+        if not dirs:
+            continue
+        base = prober.base(t, cache)
+        n, _, p = base.shape
+        order = list(dirs)
+        deltas = np.stack([dirs[u].delta(base) for u in order])  # [m, n, P]
+
+        def make(idx: np.ndarray, deltas=deltas, order=order, dirs=dirs, shape=base.shape):
+            out = np.zeros((len(idx), *shape), np.float32)
+            for j, i in enumerate(idx):
+                for ch in dirs[order[i]].channels:
+                    out[j, :, ch, :] = deltas[i]
+            return out
+
+        jd = prober.directional(t, cache, plan_feeds, make, len(order), eps, central)
+        num = np.mean(np.sum(jd**2, axis=2), axis=1)  # [m]
+        den = np.mean(np.sum(deltas.astype(np.float64) ** 2, axis=2), axis=1)
+        for i, u in enumerate(order):
+            ch = dirs[u].channels
+            risk[t][ch] = num[i]
+            energy[t][ch] = den[i]
+            kappa[t][ch] = num[i] / den[i] if den[i] > 1e-30 else 0.0
+    return Curvature(kappa, risk, energy, n, method="unit" if central else "ablation")

@@ -1,0 +1,413 @@
+"""Per-unit replacement fits and risk scores (DESIGN §2, "second-order criteria").
+
+For each kept prunable unit j at each cut it occupies, under the interventional moments:
+
+- constant: r_j = mu_j (per position); residual E_I||a_j - mu_j||^2;
+- fold: r_j = sum_k alpha_k a_k + beta over a few kept units of the same cut, chosen greedily
+  by residual reduction among the most correlated ones, ridge-regularised least squares. The
+  cross moments treat j as never swapped and its predictors as swapped (the closed form of
+  scmopt.stats), so a fold that would not follow a swap shrinks by itself. alpha = 0 is a
+  constant, so the fold residual never exceeds the constant's.
+
+risk_j = sum over its cuts of kappa * positions * residual / E||f - E f||^2, with kappa from
+scmopt.curvature; the action is the argmin. Criteria (one code path, the ranking differs):
+curvature (per-unit finite differences, screened by layer curvature), layer, variance (kappa =
+1), ablation (eps = 1 on all fit data), magnitude (L1 norm of consumer weights), random.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scmopt import curvature as curv
+from scmopt.errors import ScmoptError
+from scmopt.plan import Plan
+from scmopt.stats import CutStats, Stats
+from scmopt.units import UnitGraph
+
+CRITERIA = ("curvature", "layer", "variance", "magnitude", "random", "ablation")
+CALIBRATED = {"curvature", "layer", "ablation"}  # scores are predicted risks
+
+
+@dataclass
+class Fit:
+    """A unit's constant and fold at one cut (pooled per-position moments)."""
+
+    cut: str
+    channels: list[int]
+    mean: np.ndarray  # [P] constant offset (per position; [1] when pooled)
+    var: float  # constant residual, per position
+    pred: list[str] = field(default_factory=list)  # predictor unit ids
+    pred_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    coef: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    offset: np.ndarray | None = None  # fold offset [P]
+    resid: float = np.inf  # fold residual, per position
+
+    def direction(self, fold: bool) -> curv.Direction:
+        if fold and self.pred:
+            return curv.Direction(self.channels, self.pred_idx, self.coef, self.offset)
+        return curv.Direction(self.channels, np.zeros(0, int), np.zeros(0), self.mean)
+
+    def residual(self, fold: bool) -> float:
+        return min(self.var, self.resid) if fold else self.var
+
+
+def fit_cut(
+    ug: UnitGraph,
+    cs: CutStats,
+    targets: list[str],
+    kept: set[str],
+    *,
+    fold: bool = True,
+    max_coef: int = 6,
+    pool: int = 16,
+    ridge: float = 1e-3,
+) -> dict[str, Fit]:
+    """Constant and (optionally) fold of every target unit at cut `cs.cut`; predictors are the
+    kept units of the cut other than the target."""
+    cut = ug.cuts[cs.cut]
+    first: dict[str, list[int]] = {}
+    for i, u in enumerate(cut.units):
+        first.setdefault(u, []).append(i)
+    mu = cs.mean
+    var = cs.variance
+    cov1 = cov2 = None
+    if fold:
+        cov1, cov2 = cs.covariance(1), cs.covariance(2)
+    kept_idx = np.array([first[u][0] for u in first if u in kept and var[first[u][0]] > 0])
+    fits = {}
+    for j in targets:
+        chans = first[j]
+        jj = chans[0]
+        fit = Fit(cs.cut, chans, mu[jj].copy(), float(var[jj]))
+        if fold and len(kept_idx) and var[jj] > 0:
+            cand = kept_idx[kept_idx != jj]
+            _fold(fit, cand, cov1, cov2, mu, jj, max_coef, pool, ridge)
+            fit.pred = [cut.units[i] for i in fit.pred_idx]
+        fits[j] = fit
+    return fits
+
+
+def _fold(fit, cand, cov1, cov2, mu, jj, max_coef, pool, ridge) -> None:
+    """Greedy forward selection by exact residual reduction over the most correlated pool."""
+    if len(cand) == 0:
+        return
+    vj = cov2[jj, jj]
+    dk = np.clip(np.diag(cov2)[cand], 1e-30, None)
+    corr = np.abs(cov1[cand, jj]) / np.sqrt(dk * vj)
+    cand = cand[np.argsort(-corr, kind="stable")[:pool]]
+    chosen: list[int] = []
+    best = (vj, np.zeros(0))
+    for _ in range(min(max_coef, len(cand))):
+        trial = None
+        for k in cand:
+            if k in chosen:
+                continue
+            s = chosen + [int(k)]
+            r, a = _ls(cov1, cov2, s, jj, ridge)
+            if trial is None or r < trial[0]:
+                trial = (r, a, s)
+        if trial is None or best[0] - trial[0] <= 1e-6 * vj:
+            break
+        best = (trial[0], trial[1])
+        chosen = trial[2]
+    if not chosen:
+        return
+    fit.pred_idx = np.array(chosen, dtype=int)
+    fit.coef = best[1]
+    fit.offset = mu[jj] - best[1] @ mu[chosen]
+    fit.resid = float(max(best[0], 0.0))
+
+
+def _ls(cov1, cov2, s, jj, ridge) -> tuple[float, np.ndarray]:
+    a_ss = cov2[np.ix_(s, s)]
+    c = cov1[s, jj]
+    reg = a_ss + ridge * np.diag(np.diag(a_ss) + 1e-30)
+    try:
+        a = np.linalg.solve(reg, c)
+    except np.linalg.LinAlgError:
+        a = np.linalg.lstsq(reg, c, rcond=None)[0]
+    r = cov2[jj, jj] - 2 * a @ c + a @ a_ss @ a
+    return float(r), a
+
+
+@dataclass
+class Scores:
+    """Per candidate unit: rank key, predicted normalised risk, action and fits."""
+
+    rank: dict[str, float]
+    risk: dict[str, float]  # predicted normalised risk of the chosen action (NaN: no model)
+    const_risk: dict[str, float]
+    fold_risk: dict[str, float]
+    action: dict[str, str]
+    fits: dict[str, dict[str, Fit]]
+    kappa: dict[str, np.ndarray] = field(default_factory=dict)  # cut -> per channel
+    probed: set[str] = field(default_factory=set)  # units with per-unit curvature probes
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def risks(
+    ug: UnitGraph,
+    stats: Stats,
+    kappa: dict[str, np.ndarray],
+    fits: dict[str, dict[str, Fit]],
+    out_var: float,
+    fold: bool,
+) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """(constant risk, fold risk, action) per unit, summed over the unit's cuts."""
+    const, folded, action = {}, {}, {}
+    for u, at in fits.items():
+        rc = rf = 0.0
+        for t, fit in at.items():
+            k = float(kappa[t][fit.channels[0]])
+            pos = stats.cuts[t].positions
+            rc += k * pos * fit.var
+            rf += k * pos * fit.residual(fold)
+        const[u] = rc / out_var
+        folded[u] = rf / out_var
+        action[u] = (
+            "folded" if fold and rf < rc and any(f.pred for f in at.values()) else "constant"
+        )
+    return const, folded, action
+
+
+def apply(plan: Plan, unit: str, fits: dict[str, Fit], action: str, ug: UnitGraph) -> None:
+    """Writes the unit's replacement at every cut it occupies into `plan`."""
+    if action == "folded":
+        at = {}
+        for t, fit in fits.items():
+            if fit.pred:
+                at[t] = (dict(zip(fit.pred, map(float, fit.coef), strict=True)),
+                         _offset(fit.offset, ug, t))  # fmt: skip
+            else:
+                at[t] = ({}, _offset(fit.mean, ug, t))
+        plan.set_folded(unit, at)
+    else:
+        plan.set_constant(unit, {t: _offset(f.mean, ug, t) for t, f in fits.items()})
+
+
+def _offset(v: np.ndarray, ug: UnitGraph, cut: str) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64).ravel()
+    if v.size == 1 or ug.cuts[cut].positions in (None, 1):
+        return np.asarray(float(v.mean()))
+    return v
+
+
+def _cost(stats: Stats, kappa: dict[str, np.ndarray], at: dict[str, Fit], out_var: float,
+          fold: bool) -> float:  # fmt: skip
+    return sum(float(kappa[t][f.channels[0]]) * stats.cuts[t].positions * f.residual(fold)
+               for t, f in at.items()) / out_var  # fmt: skip
+
+
+def select(
+    sc: Scores,
+    stats: Stats,
+    refit: Callable[[set[str], list[str]], dict[str, dict[str, Fit]]],
+    kept: set[str],
+    *,
+    fold: bool,
+    out_var: float,
+    count: int | None = None,
+    budget: float | None = None,
+    allowed: Callable[[str, list[str]], bool] = lambda u, chosen: True,
+) -> tuple[list[str], dict[str, dict[str, Fit]], float]:
+    """Lazy greedy removal in the second-order model: take the unit whose removal adds the
+    least predicted risk, counting that folds lose it as a predictor; costs only grow as units
+    go, so a popped unit whose cost is stale is re-costed and pushed back.
+
+    Stops after `count` units or when the summed cost would exceed `budget`. Returns the units,
+    their fits onto the units that stay kept, and the predicted risk increase."""
+    import heapq
+
+    kept = set(kept)
+    cur = {u: dict(at) for u, at in sc.fits.items()}
+    heap = [(sc.risk[u] if np.isfinite(sc.risk[u]) else 0.0, u) for u in sorted(sc.fits)]
+    heapq.heapify(heap)
+    stale: set[str] = set()
+    pending: dict[str, dict[str, dict[str, Fit]]] = {}
+    chosen: list[str] = []
+    total = 0.0
+
+    def preds(u: str) -> set[str]:
+        return {k for f in cur[u].values() for k in f.pred}
+
+    while heap and (count is None or len(chosen) < count):
+        c, j = heapq.heappop(heap)
+        if j in chosen:
+            continue
+        if j in stale:
+            stale.discard(j)
+            cur[j] = refit(kept - {j}, [j])[j]
+            users = [i for i in chosen if j in preds(i)]
+            new = refit(kept - {j}, users) if users else {}
+            pen = sum(_cost(stats, sc.kappa, new[i], out_var, fold)
+                      - _cost(stats, sc.kappa, cur[i], out_var, fold) for i in users)  # fmt: skip
+            pending[j] = new
+            heapq.heappush(heap, (_cost(stats, sc.kappa, cur[j], out_var, fold) + pen, j))
+            continue
+        if not allowed(j, chosen):
+            continue
+        if budget is not None and total + c > budget:
+            break
+        chosen.append(j)
+        total += c
+        kept.discard(j)
+        moved = pending.pop(j, {})
+        cur.update(moved)
+        touched = preds(j) | {p for i in moved for p in preds(i)}
+        for u in cur:
+            if u not in chosen and (j in preds(u) or u in touched):
+                stale.add(u)
+    return chosen, {u: cur[u] for u in chosen}, total
+
+
+class Scorer:
+    """Scores candidate units under a plan for one criterion (see module docstring)."""
+
+    def __init__(
+        self,
+        ug: UnitGraph,
+        prober: curv.Prober,
+        probe_data: dict[str, np.ndarray],
+        fit_data: dict[str, np.ndarray],
+        *,
+        eps: float = 0.05,
+        layer_probes: int = 4,
+        ablation_chunk: int = 128,
+        seed: int = 0,
+    ) -> None:
+        self.ug = ug
+        self.prober = prober
+        self.probe_data = probe_data
+        self.fit_data = fit_data
+        self.eps = eps
+        self.layer_probes = layer_probes
+        self.ablation_chunk = ablation_chunk
+        self.seed = seed
+        self.sites = prober.sites
+        self.norms = {t: curv.consumer_norms(ug, t) for t in self.sites}
+
+    def fits(self, stats: Stats, kept: set[str], candidates: list[str], fold: bool):
+        """Fits of every candidate at every cut it occupies; predictors from `kept`."""
+        cand = set(candidates)
+        out: dict[str, dict[str, Fit]] = {u: {} for u in candidates}
+        for t in self.sites:
+            targets = [u for u in dict.fromkeys(self.ug.cuts[t].units) if u in cand]
+            if targets:
+                for u, f in fit_cut(self.ug, stats.cuts[t], targets, kept, fold=fold).items():
+                    out[u][t] = f
+        return out
+
+    def score(
+        self,
+        stats: Stats,
+        plan: Plan,
+        plan_feeds: dict[str, np.ndarray],
+        candidates: list[str],
+        criterion: str,
+        *,
+        fold: bool = True,
+        out_var: float | None = None,
+        focus: Callable[[dict[str, float]], list[str]] | None = None,
+        round_seed: int = 0,
+    ) -> Scores:
+        """Scores of `candidates` under `plan`. For `curvature`, `focus` picks from the layer
+        screen's predicted risks the units worth exact per-unit probes (default: all)."""
+        import time
+
+        if criterion not in CRITERIA:
+            raise ScmoptError(f"unknown criterion {criterion!r} (expected {', '.join(CRITERIA)})")
+        out_var = out_var or stats.out_variance
+        secs: dict[str, float] = {}
+        t0 = time.perf_counter()
+        fits = self.fits(stats, {u for u in self.ug.units if u not in plan.removed},
+                         candidates, fold)  # fmt: skip
+        secs["fit"] = time.perf_counter() - t0
+        kept = {t: np.array([u not in plan.removed for u in self.ug.cuts[t].units])
+                for t in self.sites}  # fmt: skip
+        t0 = time.perf_counter()
+        probed: set[str] = set()
+        if criterion in ("variance", "magnitude", "random"):
+            kappa = curv.uniform(self.ug, self.sites).kappa
+        elif criterion == "layer":
+            kappa = self._layer(plan_feeds, kept, round_seed)
+        elif criterion == "ablation":
+            kappa = self._ablation(plan_feeds, fits)
+            probed = set(candidates)
+        else:
+            screen = self._layer(plan_feeds, kept, round_seed)
+            _, pre, _ = risks(self.ug, stats, screen, fits, out_var, fold)
+            chosen = list(pre) if focus is None else focus(pre)
+            kappa = self._unit(plan_feeds, fits, chosen, screen, fold)
+            probed = set(chosen)
+        secs["curvature"] = time.perf_counter() - t0
+        const, folded, action = risks(self.ug, stats, kappa, fits, out_var, fold)
+        risk = {u: folded[u] if action[u] == "folded" else const[u] for u in candidates}
+        if criterion == "magnitude":
+            rank = {u: sum(float(self.norms[t][1][f.channels[0]]) for t, f in fits[u].items())
+                    for u in candidates}  # fmt: skip
+        elif criterion == "random":
+            rng = np.random.default_rng([self.seed, round_seed, 99])
+            rank = dict(zip(candidates, rng.random(len(candidates)).tolist(), strict=True))
+        else:
+            rank = dict(risk)
+        if criterion not in CALIBRATED:
+            risk = {u: float("nan") for u in candidates} if criterion != "variance" else risk
+        return Scores(rank, risk, const, folded, action, fits, kappa, probed, secs)
+
+    def _cache(self, plan_feeds):
+        return self.prober.cache(self.probe_data, plan_feeds)
+
+    def _layer(self, plan_feeds, kept, round_seed) -> dict[str, np.ndarray]:
+        cache = self._cache(plan_feeds)
+        c = curv.layer(self.prober, cache, plan_feeds, kept, probes=self.layer_probes,
+                       eps=self.eps, seed=self.seed * 1000 + round_seed)  # fmt: skip
+        return c.kappa
+
+    def _directions(self, fits, units, fold):
+        dirs: dict[str, dict[str, curv.Direction]] = {t: {} for t in self.sites}
+        for u in units:
+            for t, f in fits[u].items():
+                dirs[t][u] = f.direction(fold)
+        return dirs
+
+    def _unit(self, plan_feeds, fits, units, screen, fold) -> dict[str, np.ndarray]:
+        """Per-unit probes on `units`; the others keep the layer screen's kappa, rescaled per
+        cut by the median ratio unit/layer among probed units (so the two rankings mix)."""
+        cache = self._cache(plan_feeds)
+        c = curv.unit(self.prober, cache, plan_feeds, self._directions(fits, units, fold),
+                      eps=self.eps)  # fmt: skip
+        kappa = {}
+        ratios_all = []
+        per_cut = {}
+        for t in self.sites:
+            got = ~np.isnan(c.kappa[t])
+            ok = got & (screen[t] > 0)
+            r = c.kappa[t][ok] / screen[t][ok]
+            per_cut[t] = float(np.median(r)) if len(r) else None
+            ratios_all.extend(r.tolist())
+        fallback = float(np.median(ratios_all)) if ratios_all else 1.0
+        for t in self.sites:
+            scale = per_cut[t] if per_cut[t] is not None else fallback
+            k = screen[t] * scale
+            got = ~np.isnan(c.kappa[t])
+            k[got] = c.kappa[t][got]
+            kappa[t] = k
+        return kappa
+
+    def _ablation(self, plan_feeds, fits) -> dict[str, np.ndarray]:
+        """Exact effect of replacing each unit alone by its mean, on all fit data."""
+        dirs = self._directions(fits, list(fits), fold=False)
+        n = len(next(iter(self.fit_data.values())))
+        parts = []
+        for s in range(0, n, self.ablation_chunk):
+            x = {k: v[s : s + self.ablation_chunk] for k, v in self.fit_data.items()}
+            cache = self.prober.cache(x, plan_feeds)
+            part = curv.unit(self.prober, cache, plan_feeds, dirs, eps=1.0, central=False)
+            part.n = len(next(iter(x.values())))
+            parts.append(part)
+        merged = curv.merge(parts)
+        return {t: np.nan_to_num(k, nan=0.0) for t, k in merged.kappa.items()}

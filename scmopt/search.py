@@ -1,0 +1,423 @@
+"""The budgeted, iterative search of DESIGN §2: statistics and curvature under the current plan,
+score, remove the best prefix, measure on held-out data, repeat.
+
+Stopping rules (exactly one): `keep` (fraction of prunable units kept; the exact count is
+reached over a few rounds that each remove half of what is left), `budget` (max normalised
+interventional risk), `min_fidelity`, `min_iia`. With a budget the prefix is the largest whose
+predicted risk (calibrated by earlier rounds' measured/predicted ratio) fits half the remaining
+budget; fidelity and IIA targets, and uncalibrated criteria, size the prefix by count. A prefix
+is accepted only if the held-out measurement meets the target; otherwise it is halved.
+
+Constants and folds are fitted on the fit split only; every reported metric is measured on the
+held-out split. A plan never removes the last kept unit of a cut.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scmopt.curvature import Prober
+from scmopt.errors import ScmoptError
+from scmopt.measure import Evaluator, Metrics, Runner
+from scmopt.plan import Plan
+from scmopt.scoring import CALIBRATED, CRITERIA, Fit, Scorer, Scores, apply, risks, select
+from scmopt.stats import collect
+from scmopt.units import UnitGraph
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class SearchResult:
+    plan: Plan
+    trajectory: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def _check(
+    ug: UnitGraph,
+    data: dict[str, np.ndarray],
+    budget: float | None,
+    min_fidelity: float | None,
+    min_iia: float | None,
+    keep: float | None,
+    criterion: str,
+    p: float,
+    holdout: float,
+    batch_size: int,
+) -> str:
+    rules = {"budget": budget, "min_fidelity": min_fidelity, "min_iia": min_iia, "keep": keep}
+    given = [k for k, v in rules.items() if v is not None]
+    if len(given) != 1:
+        raise ScmoptError(
+            "give exactly one stopping rule (budget, min_fidelity, min_iia or keep); got "
+            + (", ".join(given) if given else "none")
+        )
+    rule = given[0]
+    value = rules[rule]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ScmoptError(f"{rule} must be a finite number, not {value!r}")
+    if rule == "keep" and not 0 < value <= 1:
+        raise ScmoptError(f"keep must be a fraction in (0, 1], not {value}")
+    if rule in ("min_fidelity", "min_iia") and not 0 <= value <= 1:
+        raise ScmoptError(f"{rule} must be in [0, 1], not {value}")
+    if rule == "budget" and value < 0:
+        raise ScmoptError(f"budget must be >= 0, not {value}")
+    if criterion not in CRITERIA:
+        raise ScmoptError(f"unknown criterion {criterion!r} (expected {', '.join(CRITERIA)})")
+    if not 0 < p <= 1:
+        raise ScmoptError(f"swap probability p must be in (0, 1], not {p}")
+    if not 0 < holdout < 1:
+        raise ScmoptError(f"holdout must be a fraction in (0, 1), not {holdout}")
+    if batch_size < 1:
+        raise ScmoptError(f"batch_size must be >= 1, not {batch_size}")
+    if not data:
+        raise ScmoptError("no calibration data")
+    names = {i.name for i in ug.model.graph.input}
+    missing = names - set(data)
+    if missing:
+        raise ScmoptError(f"calibration data lacks model input(s) {', '.join(sorted(missing))}")
+    lengths = {len(v) for v in data.values()}
+    if len(lengths) != 1:
+        raise ScmoptError(f"calibration arrays have different lengths {sorted(lengths)}")
+    if lengths.pop() < 4:
+        raise ScmoptError("need at least 4 calibration samples (fit and held-out splits)")
+    return rule
+
+
+def _min_kept(ug: UnitGraph) -> int:
+    """Greedy set cover: prunable units needed so every cut without a frozen unit keeps one."""
+    need = [set(c.units) for c in ug.cuts.values()
+            if all(ug.units[u].prunable for u in c.units)]  # fmt: skip
+    count = 0
+    while need:
+        counts: dict[str, int] = {}
+        for s in need:
+            for u in s:
+                counts[u] = counts.get(u, 0) + 1
+        best = max(sorted(counts), key=counts.get)
+        need = [s for s in need if best not in s]
+        count += 1
+    return count
+
+
+class _Search:
+    """State shared by the rounds (sessions, splits, plan, timings)."""
+
+    def __init__(self, ug, data, labels, criterion, fold, p, seed, batch_size, device, holdout,
+                 progress, curvature_samples, eps, probe_fraction):  # fmt: skip
+        self.ug = ug
+        self.criterion = criterion
+        self.fold = fold
+        self.p = p
+        self.seed = seed
+        self.batch_size = batch_size
+        self.progress = progress
+        self.probe_fraction = probe_fraction
+        self.timing: dict[str, float] = {}
+        t0 = time.perf_counter()
+        n = len(next(iter(data.values())))
+        rng = np.random.default_rng([seed, 1])
+        perm = rng.permutation(n)
+        n_hold = min(n - 2, max(2, int(round(holdout * n))))
+        hold, fit = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+        self.fit = {k: v[fit] for k, v in data.items()}
+        self.hold = {k: v[hold] for k, v in data.items()}
+        self.runner = Runner(ug, self.fit, device=device, batch_size=batch_size)
+        self.evaluator = Evaluator(
+            self.runner, self.hold, None if labels is None else labels[hold], p=p, seed=seed
+        )
+        self.prober = Prober(ug, self.runner.sites, batched=self.runner.batched, device=device)
+        k = min(len(fit), curvature_samples)
+        probe_idx = np.sort(np.random.default_rng([seed, 2]).choice(len(fit), k, replace=False))
+        probe = {kk: v[probe_idx] for kk, v in self.fit.items()}
+        self.scorer = Scorer(ug, self.prober, probe, self.fit, eps=eps, seed=seed)
+        self.plan = Plan()
+        self.out_var: float | None = None
+        self.scores: dict[str, float] = {}
+        self._add("setup", t0)
+
+    def _add(self, key: str, t0: float) -> None:
+        self.timing[key] = self.timing.get(key, 0.0) + time.perf_counter() - t0
+
+    def candidates(self) -> list[str]:
+        return sorted(u for u in self.ug.prunable if u not in self.plan.removed)
+
+    def analyse(self, round_: int, focus) -> Scores:
+        """Statistics and scores of the candidates under the current plan."""
+        t0 = time.perf_counter()
+        stats = collect(self.runner, self.fit, self.plan, p=self.p, seed=self.seed * 1000 + round_,
+                        progress=self.progress)  # fmt: skip
+        self._add("stats", t0)
+        if self.out_var is None:
+            self.out_var = stats.out_variance  # the original's output variance
+        self.stats = stats
+        t0 = time.perf_counter()
+        sc = self.scorer.score(stats, self.plan, self.runner.plan_feeds(self.plan),
+                               self.candidates(), self.criterion, fold=self.fold,
+                               out_var=self.out_var, focus=focus, round_seed=round_)  # fmt: skip
+        self._add("scoring", t0)
+        self.scores.update(sc.rank)  # kept units end with their latest score
+        for k, v in sc.seconds.items():
+            self.timing[k] = self.timing.get(k, 0.0) + v
+        return sc
+
+    def order(self, sc: Scores) -> list[str]:
+        return sorted(sc.rank, key=lambda u: (sc.rank[u], u))
+
+    def prefix(self, order: list[str], n: int) -> list[str]:
+        """The first n units of `order` whose removal leaves every cut a kept unit."""
+        left = {t: sum(u not in self.plan.removed for u in c.units)
+                for t, c in self.ug.cuts.items()}  # fmt: skip
+        out = []
+        for u in order:
+            if len(out) == n:
+                break
+            cuts = self.ug.units[u].cuts
+            count = {t: self.ug.cuts[t].units.count(u) for t in cuts}
+            if any(left[t] - count[t] < 1 for t in cuts):
+                continue
+            for t in cuts:
+                left[t] -= count[t]
+            out.append(u)
+        return out
+
+    def allowed(self, u: str, chosen: list[str]) -> bool:
+        """Removing u (after `chosen`) leaves every cut it occupies a kept unit."""
+        gone = self.plan.removed | set(chosen) | {u}
+        return all(any(v not in gone for v in self.ug.cuts[t].units) for t in self.ug.units[u].cuts)
+
+    def choose(self, sc: Scores, count: int | None = None, budget: float | None = None
+               ) -> tuple[list[str], Plan, float]:  # fmt: skip
+        """Units to remove now and the resulting plan. Criteria with a risk model use the lazy
+        greedy of scoring.select; magnitude and random take their ranking's prefix."""
+        if self.criterion in ("magnitude", "random"):
+            units = self.prefix(self.order(sc), count or 0)
+            return units, self.extend(sc, units), float("nan")
+        kept = {u for u in self.ug.units if u not in self.plan.removed}
+        units, fits, pred = select(
+            sc, self.stats, lambda k, t: self.scorer.fits(self.stats, k, t, self.fold), kept,
+            fold=self.fold, out_var=self.out_var, count=count, budget=budget,
+            allowed=self.allowed,
+        )  # fmt: skip
+        return units, self._build(sc, units, fits), pred
+
+    def _build(self, sc: Scores, units: list[str], fits: dict[str, dict[str, Fit]]) -> Plan:
+        plan = copy.deepcopy(self.plan)
+        const, folded, _ = risks(self.ug, self.stats, sc.kappa, fits, self.out_var, self.fold)
+        for u in units:
+            fold = self.fold and folded[u] < const[u] and any(f.pred for f in fits[u].values())
+            apply(plan, u, fits[u], "folded" if fold else "constant", self.ug)
+        _substitute(plan, set(units))
+        return plan
+
+    def extend(self, sc: Scores, units: list[str]) -> Plan:
+        """The current plan plus `units`, refitted onto the units that stay kept."""
+        gone = self.plan.removed | set(units)
+        kept = {u for u in self.ug.units if u not in gone}
+        return self._build(sc, units, self.scorer.fits(self.stats, kept, units, self.fold))
+
+    def measure(self, plan: Plan, interventions: bool = True) -> Metrics:
+        t0 = time.perf_counter()
+        m = self.evaluator.evaluate(plan, interventions=interventions, progress=self.progress)
+        self._add("measure", t0)
+        return m
+
+
+def _substitute(plan: Plan, gone: set[str]) -> None:
+    """Folds of earlier rounds that lean on units removed now lean on their replacements."""
+    for uid, act in plan.actions.items():
+        if uid in gone or act.kind != "folded":
+            continue
+        for t, rep in act.at.items():
+            hit = [k for k in rep.coef if k in gone]
+            for k in hit:
+                a = rep.coef.pop(k)
+                new = plan.actions[k].at[t]
+                rep.offset = np.asarray(rep.offset + a * new.offset, dtype=np.float64)
+                for l_, g in new.coef.items():
+                    rep.coef[l_] = rep.coef.get(l_, 0.0) + a * g
+
+
+def search(
+    ug: UnitGraph,
+    data: dict[str, np.ndarray],
+    *,
+    budget: float | None = None,
+    min_fidelity: float | None = None,
+    min_iia: float | None = None,
+    keep: float | None = None,
+    criterion: str = "curvature",
+    fold: bool = True,
+    p: float = 0.5,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str = "auto",
+    holdout: float = 0.25,
+    progress: Progress | None = None,
+    labels: np.ndarray | None = None,
+    rounds: int | None = None,
+    curvature_samples: int = 32,
+    eps: float = 0.05,
+    probe_fraction: float = 0.5,
+    step: int | None = None,
+) -> SearchResult:
+    """Finds a sparse abstraction of `ug.model` on `data` (input name -> array; an optional
+    'y' entry, or `labels`, gives labels for accuracy). See the module docstring.
+
+    rounds: max rounds (default 4 for keep, 10 otherwise); step: units removed per round
+    (keep mode; 1 with criterion='ablation' is the greedy brute-force baseline)."""
+    t_start = time.perf_counter()
+    data = dict(data)
+    if "y" in data and "y" not in {i.name for i in ug.model.graph.input}:
+        y = data.pop("y")
+        labels = y if labels is None else labels
+    rule = _check(ug, data, budget, min_fidelity, min_iia, keep, criterion, p, holdout,
+                  batch_size)  # fmt: skip
+    prunable = ug.prunable
+    target = None
+    if rule == "keep":
+        target = int(round(keep * len(prunable)))
+        floor = _min_kept(ug)
+        if prunable and target < floor:
+            raise ScmoptError(
+                f"keep={keep} leaves {target} of {len(prunable)} prunable units, but every cut "
+                f"must keep one: keep at least {floor} ({floor / len(prunable):.3f})"
+            )
+    s = _Search(ug, data, labels, criterion, fold, p, seed, batch_size, device, holdout,
+                progress, curvature_samples, eps, probe_fraction)  # fmt: skip
+    traj = [{"round": 0, "kept": len(prunable), "removed": 0, "predicted_risk": 0.0,
+             "risk": 0.0, "fidelity": 1.0, "iia": 1.0, "accepted": True}]  # fmt: skip
+    if rule == "keep":
+        _keep_mode(s, target, rounds or 4, step, traj)
+    else:
+        _budget_mode(s, rule, {"budget": budget, "min_fidelity": min_fidelity,
+                               "min_iia": min_iia}[rule], rounds or 10, traj)  # fmt: skip
+    final = s.measure(s.plan)
+    metrics = final.as_dict()
+    kept = len(s.candidates())
+    metrics.update(prunable=len(prunable), kept=kept,
+                   kept_fraction=kept / len(prunable) if prunable else 1.0,
+                   **s.plan.counts())  # fmt: skip
+    s.timing["total"] = time.perf_counter() - t_start
+    return SearchResult(s.plan, traj, metrics, s.scores, s.timing)
+
+
+def _band(n_cut: int, fraction: float) -> Callable[[dict[str, float]], list[str]]:
+    """Per-unit probes for the units ranked around position n_cut by the screen."""
+
+    def focus(pre: dict[str, float]) -> list[str]:
+        order = sorted(pre, key=lambda u: (pre[u], u))
+        w = max(4, int(math.ceil(fraction * len(order) / 2)))
+        return order[max(0, n_cut - w) : n_cut + w]
+
+    return focus
+
+
+def _record(s: _Search, traj: list[dict], r: int, sc: Scores, plan: Plan, units: list[str],
+            m: Metrics, prev: float, accepted: bool) -> None:  # fmt: skip
+    pred = [sc.risk[u] for u in units]
+    traj.append({
+        "round": r, "kept": len(s.ug.prunable) - len(plan.removed),
+        "removed": len(units), "predicted_risk": prev + float(np.sum(pred)),
+        "risk": m.risk, "fidelity": m.fidelity, "iia": m.iia, "accepted": accepted,
+    })  # fmt: skip
+
+
+def _keep_mode(s: _Search, target: int, rounds: int, step: int | None, traj: list[dict]) -> None:
+    prev = 0.0
+    r = 0
+    while True:
+        left = len(s.candidates()) - target
+        if left <= 0:
+            break
+        r += 1
+        last = r >= rounds and step is None
+        n = left if last else (min(step, left) if step else int(math.ceil(left / 2)))
+        if s.progress:
+            s.progress("round", r, rounds if step is None else r + left // max(step, 1))
+        sc = s.analyse(r, _band(n, s.probe_fraction))
+        units, plan, _ = s.choose(sc, count=n)
+        if not units:
+            raise ScmoptError("no unit can be removed without emptying a cut")
+        s.plan = plan
+        if step is None or len(s.candidates()) == target:
+            m = s.measure(s.plan)
+            _record(s, traj, r, sc, s.plan, units, m, prev, True)
+            prev = m.risk
+    if s.progress:
+        s.progress("round", r, r)
+
+
+def _meets(rule: str, value: float, m: Metrics) -> bool:
+    if rule == "budget":
+        return m.risk <= value
+    if rule == "min_fidelity":
+        return m.fidelity >= value
+    return m.iia >= value
+
+
+def _budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[dict]) -> None:
+    calibrated = rule == "budget" and s.criterion in CALIBRATED
+    cal = 1.0
+    cur = 0.0  # measured risk of the current plan
+    step = None
+    for r in range(1, rounds + 1):
+        cands = s.candidates()
+        if not cands:
+            break
+        if s.progress:
+            s.progress("round", r, rounds)
+
+        def size(pre: dict[str, float], cal=cal, cur=cur, step=step) -> int:
+            if calibrated:
+                vals = np.cumsum([pre[u] for u in sorted(pre, key=lambda u: (pre[u], u))]) * cal
+                return max(1, int(np.searchsorted(vals, 0.5 * (value - cur), side="right")))
+            return step or int(math.ceil(len(pre) / 2))
+
+        holder: dict[str, int] = {}
+
+        def focus(pre: dict[str, float], holder=holder, size=size) -> list[str]:
+            holder["n"] = size(pre)
+            return _band(holder["n"], s.probe_fraction)(pre)
+
+        sc = s.analyse(r, focus)
+        n = size(sc.risk if calibrated else sc.rank)
+        order = s.order(sc)
+        accepted = False
+        while n >= 1:
+            units = s.prefix(order, n)
+            if not units:
+                break
+            plan = s.extend(sc, units)
+            m = s.measure(plan, interventions=rule != "min_fidelity")
+            ok = _meets(rule, value, m)
+            _record(s, traj, r, sc, plan, units, m, cur, ok)
+            if ok:
+                pred = float(np.sum([sc.risk[u] for u in units]))
+                if calibrated and pred > 0 and m.risk is not None:
+                    cal = float(np.clip((m.risk - cur) / pred, 0.1, 10.0))
+                cur = m.risk if m.risk is not None else cur
+                s.plan = plan
+                step = n
+                accepted = True
+                break
+            n //= 2
+        if not accepted:
+            break
+
+
+def greedy_search(
+    ug: UnitGraph, data: dict[str, np.ndarray], *, keep: float, **kwargs
+) -> SearchResult:
+    """Greedy brute force: re-measure every candidate (exact ablation) after every removal.
+    Cost ~ units^2/2 x data passes of the part below each cut: small models only."""
+    return search(ug, data, keep=keep, criterion="ablation", step=1, **kwargs)

@@ -1,0 +1,246 @@
+"""Streaming float64 moments per cut, under the interventional distribution of DESIGN §2.
+
+Constants and folds are fitted to what happens under the family I = {null} + {interchange at
+each site}, each member with weight 1/(G+1). Seen from one cut g, the members fall into three
+kinds:
+
+- null, and swaps at sites that are not ancestors of g: g sees plain values;
+- a swap at g itself: its moments follow in closed form from plain moments (b, s independent,
+  m_k ~ Bernoulli(p)), so no extra passes are needed:
+      E[a~_k a_j]            = (1-p) E[a_k a_j] + p mu_k mu_j      (k swapped, j not)
+      E[a~_k a~_l], k != l   = ((1-p)^2 + p^2) E[a_k a_l] + 2p(1-p) mu_k mu_l
+      E[a~_k^2]              = E[a_k^2]
+  (products of means taken per position, then pooled);
+- swaps at ancestor sites: measured, from a fraction of the calibration batches run with one
+  random upstream interchange per sample.
+
+All passes run with the current plan applied (plan hooks), so downstream cuts see upstream
+replacements. Only sums are kept: per-position first moments [C, P] and pooled second moments
+[C, C]; activations are never stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scmopt.measure import Runner, ancestors, draw_sources, kept_mask, split_batches
+from scmopt.plan import Plan
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Moments:
+    """Streaming sums for one cut: per-position means and position-pooled second moments.
+
+    Values are shifted by the first batch's channel means before float32 products (per-sample
+    [C, P] x [P, C] matmuls), then summed in float64: fast, and no cancellation when a channel's
+    mean is large against its spread. With `pooled` (dynamic spatial size) first moments are
+    pooled over positions too.
+    """
+
+    channels: int
+    positions: int
+    pooled: bool = False
+    n: int = 0
+    s1: np.ndarray = field(init=False)  # [C, P] sum over samples of shifted values
+    s2: np.ndarray = field(init=False)  # [C, C] sum over samples of (1/P) sum_p y y^T
+    shift: np.ndarray | None = None  # [C]
+    npos: float = 0.0  # sum over samples of the number of positions
+
+    def __post_init__(self) -> None:
+        self.s1 = np.zeros((self.channels, 1 if self.pooled else self.positions))
+        self.s2 = np.zeros((self.channels, self.channels))
+
+    def add(self, x: np.ndarray) -> None:
+        """x: [n, C, P] values of n samples."""
+        n, c, p = x.shape
+        if n == 0:
+            return
+        if self.shift is None:
+            self.shift = x.mean(axis=(0, 2), dtype=np.float64)
+        y = x.astype(np.float32) - self.shift.astype(np.float32)[None, :, None]
+        if self.pooled:
+            self.s1[:, 0] += y.mean(axis=2, dtype=np.float64).sum(axis=0)
+        else:
+            self.s1 += y.sum(axis=0, dtype=np.float64)
+        self.s2 += np.matmul(y, y.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64) / p
+        self.n += n
+        self.npos += n * p
+
+    def _shift(self) -> np.ndarray:
+        return np.zeros(self.channels) if self.shift is None else self.shift
+
+    @property
+    def mean(self) -> np.ndarray:
+        """[C, P] per-position means ([C, 1] when pooled)."""
+        return self.s1 / max(self.n, 1) + self._shift()[:, None]
+
+    @property
+    def second(self) -> np.ndarray:
+        """[C, C] E[a a^T], pooled over positions."""
+        s = self._shift()
+        m = self.s1.mean(axis=1) / max(self.n, 1)
+        return self.s2 / max(self.n, 1) + np.outer(s, m) + np.outer(m, s) + np.outer(s, s)
+
+    @property
+    def mean_positions(self) -> float:
+        return self.npos / max(self.n, 1)
+
+
+def pooled_outer(mu: np.ndarray) -> np.ndarray:
+    """mean over positions of mu_p mu_p^T, for mu [C, P]."""
+    return (mu @ mu.T) / mu.shape[1]
+
+
+@dataclass
+class CutStats:
+    """Moments of one cut under I: plain, swap at this cut (closed form), upstream swaps."""
+
+    cut: str
+    plain: Moments
+    up: Moments
+    w_plain: float  # weight of members of I under which the cut sees plain values
+    w_same: float  # weight of the swap at this cut (0 when it is not a site)
+    w_up: float  # weight of swaps at ancestor sites
+    p: float
+
+    def _weights(self) -> tuple[float, float, float]:
+        wp, ws, wu = self.w_plain, self.w_same, self.w_up
+        if self.up.n == 0:  # nothing measured upstream: plain values stand in for them
+            wp, wu = wp + wu, 0.0
+        return wp, ws, wu
+
+    @property
+    def mean(self) -> np.ndarray:
+        """[C, P] per-position means under I (swaps at the cut leave them unchanged)."""
+        wp, ws, wu = self._weights()
+        mu = (wp + ws) * self.plain.mean
+        if wu:
+            mu = mu + wu * self.up.mean
+        return mu
+
+    def second(self, swapped: int) -> np.ndarray:
+        """E_I[a a^T] pooled, for off-diagonal pairs of which `swapped` (0, 1, 2) units are
+        swapped when this cut is intervened on (diagonal entries: always E[a^2])."""
+        wp, ws, wu = self._weights()
+        s = self.plain.second
+        m = pooled_outer(self.plain.mean)
+        p = self.p
+        if swapped == 2:
+            c2 = (1 - p) ** 2 + p**2
+            same = c2 * s + (1 - c2) * m
+        elif swapped == 1:
+            same = (1 - p) * s + p * m
+        else:
+            same = s
+        np.fill_diagonal(same, np.diag(s))
+        out = wp * s + ws * same
+        if wu:
+            out = out + wu * self.up.second
+        return out
+
+    def covariance(self, swapped: int) -> np.ndarray:
+        """Within-position covariance under I (the per-position intercepts absorb the means)."""
+        cache = self.__dict__.setdefault("_cov", {})
+        if swapped not in cache:
+            cache[swapped] = self.second(swapped) - pooled_outer(self.mean)
+        return cache[swapped]
+
+    @property
+    def variance(self) -> np.ndarray:
+        """[C] within-position variance under I, pooled over positions."""
+        return np.clip(np.diag(self.covariance(0)), 0.0, None)
+
+    @property
+    def positions(self) -> float:
+        """Mean number of positions per sample: E||d||^2 = positions x pooled variance."""
+        return self.plain.mean_positions
+
+
+@dataclass
+class Stats:
+    """Per-cut interventional moments plus the output scale used to normalise risks."""
+
+    cuts: dict[str, CutStats]
+    out_variance: float  # E||f - E f||^2 on plain inputs (original network... under the plan)
+    n: int
+
+
+def collect(
+    runner: Runner,
+    data: dict[str, np.ndarray],
+    plan: Plan | None,
+    *,
+    p: float = 0.5,
+    seed: int = 0,
+    upstream_fraction: float = 0.5,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+) -> Stats:
+    """Moments of every site under I with `plan` applied (see module docstring)."""
+    ug = runner.ug
+    sites = runner.sites
+    g = len(sites)
+    anc = ancestors(ug, sites)
+    pf = runner.plan_feeds(plan)
+    cuts = {}
+    for t in sites:
+        cut = ug.cuts[t]
+        pooled = cut.positions is None
+        pos = 1 if pooled else cut.positions
+        n_up = len(anc[t])
+        cuts[t] = CutStats(
+            t,
+            Moments(cut.channels, pos, pooled),
+            Moments(cut.channels, pos, pooled),
+            w_plain=(1 + g - 1 - n_up) / (g + 1),
+            w_same=1 / (g + 1),
+            w_up=n_up / (g + 1),
+            p=p,
+        )
+    n = len(next(iter(data.values())))
+    batches = split_batches(n, batch_size or runner.batch_size)
+    rng = np.random.default_rng([seed, 7])
+    n_up_batches = int(round(upstream_fraction * len(batches))) if g > 1 else 0
+    up_batches = set(rng.choice(len(batches), size=n_up_batches, replace=False).tolist())
+    total = len(batches) + len(up_batches)
+    done = 0
+    fsum = None
+    fsq = 0.0
+    keep = {t: kept_mask(ug, t, plan) for t in sites}
+    for i, b in enumerate(batches):
+        x = {k: v[b] for k, v in data.items()}
+        f, caps = runner.run(x, pf, capture=True)
+        f = f.reshape(f.shape[0], -1).astype(np.float64)
+        fsum = f.sum(0) if fsum is None else fsum + f.sum(0)
+        fsq += float(np.sum(f * f))
+        for t in sites:
+            cuts[t].plain.add(caps[t])
+        done += 1
+        if progress:
+            progress("stats", done, total)
+        if i not in up_batches:
+            continue
+        nb = b.stop - b.start
+        brng = np.random.default_rng([seed, 11, i])
+        which = brng.integers(0, g, size=nb)  # one random site per sample
+        src = draw_sources(brng, nb)
+        masks = {}
+        for k, t in enumerate(sites):
+            u = brng.random((nb, ug.cuts[t].channels))
+            masks[t] = (u < p) & keep[t][None, :] & (which == k)[:, None]
+        _, caps = runner.run(x, pf, masks, src, capture=True)
+        for t in sites:
+            rows = np.isin(which, [sites.index(h) for h in anc[t]])
+            if rows.any():
+                cuts[t].up.add(caps[t][rows])
+        done += 1
+        if progress:
+            progress("stats", done, total)
+    mean_f = fsum / n
+    out_var = fsq / n - float(mean_f @ mean_f)
+    return Stats(cuts, max(out_var, 1e-30), n)
