@@ -179,9 +179,16 @@ def sites(ug: UnitGraph) -> list[str]:
     return sorted(found, key=lambda t: order.get(t, -1))
 
 
-def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, threads: int = 1, level: str = "all") -> ort.InferenceSession:
+    """CPU session; `level` is onnxruntime's graph optimisation level (all: default, includes
+    the NCHWc layout transform of convolutions; extended: fusions without layout changes)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    }[level]
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(
@@ -297,11 +304,12 @@ def latency_ms(
     runs: int = 30,
     rounds: int = 5,
     threads: int = 1,
+    level: str = "all",
 ) -> dict[str, dict]:
     """Median onnxruntime CPU latency per model, runs interleaved across models in `rounds`
     so that load changes on a shared machine hit every model alike."""
     x = {k: np.ascontiguousarray(v[:batch]) for k, v in feeds.items()}
-    sess = {k: session(m, threads) for k, m in models.items()}
+    sess = {k: session(m, threads, level) for k, m in models.items()}
     for s in sess.values():
         for _ in range(5):
             s.run(None, x)
