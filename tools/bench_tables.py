@@ -1,0 +1,276 @@
+"""Markdown tables of BENCHMARKS.md from the result files in benchmarks/*.json.
+
+    python tools/bench_tables.py            # print every section's tables
+    python tools/bench_tables.py --write    # replace the generated blocks in BENCHMARKS.md
+
+Each generated block sits between `<!-- BEGIN <name> -->` and `<!-- END <name> -->` markers;
+the prose around them is written by hand from these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as B  # noqa: E402
+
+DOC = B.ROOT / "BENCHMARKS.md"
+
+
+def load(name: str) -> dict | None:
+    p = B.OUT / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def f3(v) -> str:
+    return B.fmt(v, 3)
+
+
+def machine_block(doc: dict) -> str:
+    m = doc["machine"]
+    return (f"_Run {m['date']} on {B.machine_line(m)}; load average at start "
+            f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}._")  # fmt: skip
+
+
+def pivot(rows, key, value, cols, fmt=f3, row_keys=("model", "method")) -> str:
+    table: dict = defaultdict(dict)
+    order = []
+    for r in rows:
+        k = tuple(r.get(x) for x in row_keys)
+        if k not in table:
+            order.append(k)
+        table[k][r[key]] = r
+    head = "| " + " | ".join(row_keys) + " | " + " | ".join(f"{key} {c}" for c in cols) + " |"
+    out = [head, "|" + "---|" * (len(row_keys) + len(cols))]
+    for k in order:
+        cells = []
+        for c in cols:
+            r = table[k].get(c)
+            if r is None:
+                cells.append("")
+            elif "error" in r:
+                cells.append("error")
+            else:
+                cells.append(value(r) if callable(value) else fmt(r.get(value)))
+        out.append("| " + " | ".join(str(x) for x in k) + " | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+# sections ----------------------------------------------------------------------------------
+def quality(doc) -> str:
+    rows = doc["rows"]
+    ratios = doc["meta"]["ratios"]
+    parts = [machine_block(doc)]
+    for title, key in (("Fidelity (top-1 agreement with the original, test split)",
+                        "test_agreement"),
+                       ("IIA (interchange-intervention accuracy, test split)", "test_iia"),
+                       ("Normalised interventional risk (test split; lower is better)",
+                        "test_risk"),
+                       ("Test accuracy of the compiled model", "test_accuracy")):  # fmt: skip
+        parts.append(f"**{title}**, by keep ratio (fraction of prunable units kept)\n")
+        parts.append(pivot(rows, "keep", key, ratios))
+    units = [r for r in rows if r["method"] == "curvature+fold" and "error" not in r]
+    parts.append("**Units kept** (scmopt count, frozen included) and test accuracy of the "
+                 "original\n")  # fmt: skip
+    parts.append(pivot(units, "keep", lambda r: f"{r['units_total']}/{r['units_before']}",
+                       ratios, row_keys=("model",)))  # fmt: skip
+    parts.append(wins(rows, ratios))
+    return "\n\n".join(parts)
+
+
+def wins(rows, ratios) -> str:
+    """Where curvature+fold is (not) ahead of every other method."""
+    by = defaultdict(dict)
+    for r in rows:
+        if "error" not in r:
+            by[(r["model"], r["keep"])][r["method"]] = r
+    out = ["**Is curvature+fold ahead of every baseline?** (per model and ratio; best other "
+           "method in brackets when it is not)\n",
+           "| model | keep | fidelity | IIA | risk |", "|---|---|---|---|---|"]  # fmt: skip
+    for (model, keep), d in sorted(by.items(), key=lambda x: (x[0][0], -x[0][1])):
+        me = d.get("curvature+fold")
+        if me is None:
+            continue
+        cells = []
+        for key, better in (("test_agreement", max), ("test_iia", max), ("test_risk", min)):
+            others = {m: r[key] for m, r in d.items() if m != "curvature+fold"
+                      and r.get(key) is not None}  # fmt: skip
+            if not others or me.get(key) is None:
+                cells.append("–")
+                continue
+            best_m = better(others, key=others.get)
+            ok = me[key] >= others[best_m] if better is max else me[key] <= others[best_m]
+            cells.append("yes" if ok else f"no ({best_m} {f3(others[best_m])} vs {f3(me[key])})")
+        out.append(f"| {model} | {keep} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def curvature(doc) -> str:
+    rows = [r for r in doc["rows"] if "error" not in r]
+    out = [machine_block(doc), "| model | scale s | keep | method | fidelity | IIA | risk | "
+           "kept per cut |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in sorted(rows, key=lambda r: (r["model"], r["keep"] * -1, r["method"], r["scale"])):
+        kpc = " / ".join(f"{r['kept_per_cut'][t]}" for t in r["kept_per_cut"])
+        out.append(f"| {r['model']} | {r['scale']:g} | {r['keep']} | {r['method']} | "
+                   f"{f3(r['test_agreement'])} | {f3(r['test_iia'])} | {f3(r['test_risk'])} | "
+                   f"{kpc} |")  # fmt: skip
+    errs = [r for r in doc["rows"] if "error" in r]
+    if errs:
+        out.append("\nErrors: " + "; ".join(f"{r['model']} s={r['scale']:g} {r['method']} "
+                                             f"keep {r['keep']}: {r['error']}" for r in errs))
+    return "\n".join(out)
+
+
+def speed(doc) -> str:
+    rows = doc["rows"]
+    out = [machine_block(doc),
+           "| model | scmopt s (analysis) | units | fid. test | ablation s (analysis) | units | "
+           "fid. test | speed-up vs ablation | greedy s | greedy fid. test | speed-up vs "
+           "greedy |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        g = r.get("greedy_s")
+        gs = "–" if g is None else (f"{g:.0f} (extrapolated from {r['greedy_rounds_done']} of "
+                                    f"{r['greedy_rounds_needed']} rounds)"
+                                    if r.get("greedy_extrapolated") else f"{g:.1f}")
+        out.append(
+            f"| {r['model']} | {r['scmopt_s']:.1f} ({r['scmopt_analysis_s']:.1f}) | "
+            f"{r['scmopt_units']} | {f3(r['scmopt_test_agreement'])} | {r['ablation_s']:.1f} "
+            f"({r['ablation_analysis_s']:.1f}) | {r['ablation_units']} | "
+            f"{f3(r['ablation_test_agreement'])} | {r['speedup_vs_ablation']:.1f}x | {gs} | "
+            f"{f3(r.get('greedy_test_agreement'))} | "
+            f"{B.fmt(r.get('speedup_vs_greedy'), 1)}x |")  # fmt: skip
+    return "\n".join(out)
+
+
+def deploy(doc) -> str:
+    rows = doc["rows"]
+    levels = doc["meta"].get("levels", ["all"])
+    batches = doc["meta"].get("batches", [1, 64])
+    lat_cols = [(lv, b) for lv in levels for b in batches]
+    head = ("| model | variant | units | params | FLOPs | FLOP red. | fid. test | "
+            + " | ".join(f"{lv} b{b} ms (speed-up)" for lv, b in lat_cols) + " |")
+    out = [machine_block(doc), head, "|" + "---|" * (7 + len(lat_cols))]
+    for r in rows:
+        lat = " | ".join(f"{r[f'{lv}_b{b}_ms']:.4f} ({r[f'{lv}_b{b}_speedup']:.2f}x)"
+                         for lv, b in lat_cols)  # fmt: skip
+        out.append(f"| {r['model']} | {r['variant']} | {r['units']} | {r['params']} | "
+                   f"{r['flops']} | {r['flop_reduction']:.2f}x | {f3(r['test_agreement'])} | "
+                   f"{lat} |")  # fmt: skip
+    out.append("\n**Latency gain / FLOP reduction** of scmopt's output (goal >= 0.8)\n")
+    out.append("| model | variant | " + " | ".join(f"{lv} b{b}" for lv, b in lat_cols) + " |")
+    out.append("|" + "---|" * (2 + len(lat_cols)))
+    for r in rows:
+        if "scmopt" not in r["variant"]:
+            continue
+        out.append(f"| {r['model']} | {r['variant']} | " + " | ".join(
+            f"{r[f'{lv}_b{b}_speedup_over_flop_reduction']:.2f}" for lv, b in lat_cols) + " |")
+    return "\n".join(out)
+
+
+def peers(doc) -> str:
+    rows = doc["rows"]
+    ratios = doc["meta"]["ratios"]
+
+    def cell(r):
+        mark = "" if r.get("reached") else "*"
+        return (f"{f3(r['test_agreement'])} / {f3(r['test_iia'])} / {f3(r['test_accuracy'])} "
+                f"({r['units_total']}{mark})")  # fmt: skip
+
+    parts = [machine_block(doc), "Cells: fidelity / IIA / accuracy on the test split (units "
+             "kept; * = the peer cannot reach the target count, closest count shown).\n"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        sub = [r for r in rows if r["model"] == model]
+        targets = {r["keep"]: r["target_units"] for r in sub}
+        parts.append(f"**{model}** (target units: "
+                     + ", ".join(f"keep {k} -> {v}" for k, v in targets.items()) + ")\n")
+        parts.append(pivot(sub, "keep", cell, ratios, row_keys=("method",)))
+    parts.append(peer_wins(rows, ratios))
+    return "\n\n".join(parts)
+
+
+def peer_wins(rows, ratios) -> str:
+    by = defaultdict(dict)
+    for r in rows:
+        if "error" not in r:
+            by[(r["model"], r["keep"])][r["method"]] = r
+    out = ["**Best peer at the same unit count** (peers that reached the target count only)\n",
+           "| model | keep | scmopt curvature+fold fid. / IIA | best peer by fidelity | "
+           "best peer by IIA |", "|---|---|---|---|---|"]  # fmt: skip
+    for (model, keep), d in sorted(by.items(), key=lambda x: (x[0][0], -x[0][1])):
+        me = d.get("scmopt curvature+fold")
+        others = {m: r for m, r in d.items() if not m.startswith("scmopt") and r.get("reached")}
+        if me is None or not others:
+            continue
+        bf = max(others, key=lambda m: others[m]["test_agreement"])
+        bi = max(others, key=lambda m: others[m]["test_iia"] or 0)
+        out.append(f"| {model} | {keep} | {f3(me['test_agreement'])} / {f3(me['test_iia'])} | "
+                   f"{bf} {f3(others[bf]['test_agreement'])} | {bi} "
+                   f"{f3(others[bi]['test_iia'])} |")  # fmt: skip
+    return "\n".join(out)
+
+
+def causal(doc) -> str:
+    rows = doc["rows"]
+    al = doc["meta"].get("alignment", {})
+    out = [machine_block(doc), "Alignment (calibration split): " + "; ".join(
+        f"`{t}`: {v['v1']} units v1, {v['v2']} v2, {v['none']} none" for t, v in al.items()),
+        "", "| method | units | fid. | IIA vs original | cut | V | aligned kept | IIA high-level "
+        "| IIA informative |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        out.append(f"| {r['method']} | {r['units']} | {f3(r['test_agreement'])} | "
+                   f"{f3(r['iia_vs_original'])} | `{r['cut']}` | {r['variables']} | "
+                   f"{r['aligned_kept']}/{r['aligned_units']} | {f3(r['iia_high_level'])} | "
+                   f"{f3(r['iia_high_level_informative'])} |")  # fmt: skip
+    return "\n".join(out)
+
+
+def scaling(doc) -> str:
+    rows = doc["rows"]
+    out = [machine_block(doc), "| sweep | model | samples | units | analysis s (median) | "
+           "wall s | RSS before MB | peak RSS during MB | growth MB |",
+           "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        out.append(f"| {r['sweep']} | {r['model']} | {r['samples']} | {r['units_total']} | "
+                   f"{r['analysis_s']:.2f} | {r['wall_s']:.2f} | {r['rss_before_mb']:.0f} | "
+                   f"{r['peak_rss_mb']:.0f} | {r['rss_growth_mb']:.0f} |")  # fmt: skip
+    for k in ("fit_time_vs_samples", "fit_memory_vs_samples"):
+        f = doc["meta"].get(k)
+        if f:
+            out.append(f"\n{k.replace('_', ' ')}: {f['per_unit'] * 1000:.4g} per 1000 samples + "
+                       f"{f['intercept']:.3g}, R^2 {f['r2']:.3f}, log-log slope "
+                       f"{f['loglog_slope']:.2f}")  # fmt: skip
+    return "\n".join(out)
+
+
+SECTIONS = {"quality": quality, "curvature": curvature, "speed": speed, "deploy": deploy,
+            "peers": peers, "causal": causal, "scaling": scaling}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args()
+    blocks = {}
+    for name, fn in SECTIONS.items():
+        doc = load(name)
+        blocks[name] = fn(doc) if doc else "_not run yet_"
+    if not args.write:
+        for name, text in blocks.items():
+            print(f"## {name}\n\n{text}\n")
+        return
+    text = DOC.read_text()
+    for name, block in blocks.items():
+        pat = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
+        text, n = pat.subn(lambda m, b=block: m.group(1) + b + "\n" + m.group(2), text)
+        if not n:
+            print(f"warning: no markers for {name} in BENCHMARKS.md", file=sys.stderr)
+    DOC.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
