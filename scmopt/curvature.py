@@ -32,7 +32,7 @@ from onnx import helper, numpy_helper
 
 from scmopt.graph import infer_shapes
 from scmopt.intervene import HookSpec, dynamic_batch, hook
-from scmopt.runtime import session
+from scmopt.measure import session
 from scmopt.units import UnitGraph
 
 Feeds = dict[str, np.ndarray]
@@ -301,6 +301,32 @@ def consumer_norms(ug: UnitGraph, cut: str) -> tuple[np.ndarray, np.ndarray]:
         l2 += np.mean(np.sum(feats**2, axis=2), axis=1)
         l1 += np.sum(np.abs(feats), axis=(1, 2))
     return l2, l1
+
+
+def coupling(ug: UnitGraph, cut: str, kappa: np.ndarray) -> np.ndarray:
+    """K_uv ~ J_u^T J_v between channels of a cut: sqrt(kappa_u kappa_v) times the cosine of
+    their consumer weight columns (position-matched), the isotropic consumer-output model of
+    the layer estimator; the diagonal is kappa itself."""
+    c = ug.cuts[cut]
+    nodes = {n.name: n for n in ug.model.graph.node}
+    inits = {i.name: i for i in ug.model.graph.initializer}
+    cols = []
+    for name in c.consumers:
+        node = nodes[name]
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            cols.append(w.transpose(1, 0, *range(2, w.ndim)).reshape(w.shape[1], -1))
+            continue
+        if node.op_type == "Gemm" and int(attrs.get("transB", 0)):
+            w = w.T
+        cols.append(w.reshape(c.channels, -1))
+    m = np.concatenate(cols, axis=1)
+    norm = np.linalg.norm(m, axis=1)
+    norm[norm == 0] = 1.0
+    cos = (m @ m.T) / np.outer(norm, norm)
+    k = np.sqrt(np.clip(np.nan_to_num(kappa), 0, None))
+    return cos * np.outer(k, k)
 
 
 def random_signs(rng: np.random.Generator, kept: np.ndarray, n: int, p: int, count: int):

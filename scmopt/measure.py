@@ -21,15 +21,25 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from scmopt.errors import ScmoptError
 from scmopt.intervene import HookSpec, dynamic_batch, hook
 from scmopt.plan import Plan
-from scmopt.runtime import session
+from scmopt.runtime import providers
 from scmopt.units import UnitGraph
 
 Progress = Callable[[str, int, int], None]
 Feeds = dict[str, np.ndarray]
+
+
+def session(model: onnx.ModelProto, device: str = "auto") -> ort.InferenceSession:
+    """An analysis session: like scmopt.runtime.session, but its worker threads do not spin
+    after a run, so they leave the cores to numpy between the many short calls."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
 
 
 def sites(ug: UnitGraph) -> list[str]:
@@ -175,7 +185,8 @@ class Runner:
 
         null = [one(i, {}) for i in range(n)]
         outs = [r[0] for r in null]
-        caps = [r[1:] for r in null]
+        base = [r[1:] for r in null]  # sources are read from the null pass
+        caps = list(base)
         active = [t for t in self.sites if masks and t in masks and np.any(masks[t])]
         if active:
             assert src is not None
@@ -185,7 +196,7 @@ class Runner:
                     if t not in active or not np.any(masks[t][i]):
                         continue
                     c = self.channels[t]
-                    diff = (caps[src[i]][k] - caps[i][k]).reshape(c, -1)
+                    diff = (base[src[i]][k] - base[i][k]).reshape(c, -1)
                     mm = plan_feeds[self.hooked.inputs[t]["M"]]
                     d = mm @ (masks[t][i].reshape(c, 1) * diff)
                     deltas[t] = d.reshape(1, c, -1).astype(np.float32)
@@ -204,8 +215,10 @@ class Runner:
 def _accepts_batch(model: onnx.ModelProto, data: Feeds, device: str) -> bool:
     """True when the model runs with a batch of two (some exports bake the batch size in)."""
     probe = {k: np.concatenate([v[:1], v[:1]]) for k, v in data.items()}
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
     try:
-        session(model, device).run(None, probe)
+        session(model, device).run(None, probe, quiet)
     except Exception:  # onnxruntime raises several types for shape errors
         return False
     return True

@@ -202,6 +202,22 @@ def _cost(stats: Stats, kappa: dict[str, np.ndarray], at: dict[str, Fit], out_va
                for t, f in at.items()) / out_var  # fmt: skip
 
 
+def residual_cov(cs: CutStats, fits: list[Fit], fold: bool) -> np.ndarray:
+    """E_I[d_u d_v] (within-position, pooled) for the residuals d = a - r of `fits` at one cut.
+    Removed units are never swapped, their predictors are: target-target pairs use plain
+    moments, target-predictor pairs the one-swapped ones, predictor pairs the two-swapped."""
+    c = cs.plain.channels
+    t = np.zeros((len(fits), c))
+    a = np.zeros((len(fits), c))
+    for r, f in enumerate(fits):
+        t[r, f.channels[0]] = 1.0
+        if fold and f.pred and f.resid < f.var:
+            a[r, f.pred_idx] = -f.coef
+    c0, c1, c2 = cs.covariance(0), cs.covariance(1), cs.covariance(2)
+    cross = t @ c1 @ a.T
+    return t @ c0 @ t.T + cross + cross.T + a @ c2 @ a.T
+
+
 def select(
     sc: Scores,
     stats: Stats,
@@ -210,57 +226,88 @@ def select(
     *,
     fold: bool,
     out_var: float,
+    coupling: dict[str, np.ndarray] | None = None,
     count: int | None = None,
     budget: float | None = None,
     allowed: Callable[[str, list[str]], bool] = lambda u, chosen: True,
 ) -> tuple[list[str], dict[str, dict[str, Fit]], float]:
-    """Lazy greedy removal in the second-order model: take the unit whose removal adds the
-    least predicted risk, counting that folds lose it as a predictor; costs only grow as units
-    go, so a popped unit whose cost is stale is re-costed and pushed back.
+    """Greedy removal in the second-order model, one unit at a time: the cost of removing j
+    after the set R is its own risk, plus the cross terms 2 sum_i K_ij E[d_i d_j] with the
+    units of R in the same cut (residuals of units folded onto the same neighbours add up
+    coherently), plus what folds of R lose when j stops being their predictor. Folds whose
+    predictor goes are refitted. K is the curvature coupling (diagonal: kappa; off-diagonal
+    from scmopt.curvature.coupling; None: no cross terms).
 
     Stops after `count` units or when the summed cost would exceed `budget`. Returns the units,
     their fits onto the units that stay kept, and the predicted risk increase."""
-    import heapq
-
     kept = set(kept)
     cur = {u: dict(at) for u, at in sc.fits.items()}
-    heap = [(sc.risk[u] if np.isfinite(sc.risk[u]) else 0.0, u) for u in sorted(sc.fits)]
-    heapq.heapify(heap)
-    stale: set[str] = set()
-    pending: dict[str, dict[str, dict[str, Fit]]] = {}
+    live = set(cur)
     chosen: list[str] = []
     total = 0.0
 
     def preds(u: str) -> set[str]:
         return {k for f in cur[u].values() for k in f.pred}
 
-    while heap and (count is None or len(chosen) < count):
-        c, j = heapq.heappop(heap)
-        if j in chosen:
-            continue
-        if j in stale:
-            stale.discard(j)
-            cur[j] = refit(kept - {j}, [j])[j]
-            users = [i for i in chosen if j in preds(i)]
-            new = refit(kept - {j}, users) if users else {}
-            pen = sum(_cost(stats, sc.kappa, new[i], out_var, fold)
-                      - _cost(stats, sc.kappa, cur[i], out_var, fold) for i in users)  # fmt: skip
-            pending[j] = new
-            heapq.heappush(heap, (_cost(stats, sc.kappa, cur[j], out_var, fold) + pen, j))
-            continue
-        if not allowed(j, chosen):
-            continue
-        if budget is not None and total + c > budget:
+    def kmat(t: str, ch: list[int]) -> np.ndarray:
+        if coupling is None:
+            return np.diag(sc.kappa[t][ch])
+        return coupling[t][np.ix_(ch, ch)]
+
+    def joint(t: str, units: list[str], fits: dict[str, dict[str, Fit]]) -> float:
+        """Second-order risk of removing `units` together at cut t."""
+        units = [u for u in units if t in fits[u]]
+        if not units:
+            return 0.0
+        d = residual_cov(stats.cuts[t], [fits[u][t] for u in units], fold)
+        k = kmat(t, [fits[u][t].channels[0] for u in units])
+        return stats.cuts[t].positions * float(np.sum(k * d)) / out_var
+
+    base_joint = {t: 0.0 for t in stats.cuts}
+
+    def delta(u: str) -> tuple[float, dict, dict]:
+        """Exact model increase of removing u now (users of u refitted without it)."""
+        users = [i for i in chosen if u in preds(i)]
+        new = refit(kept - {u}, users) if users else {}
+        fits = {**cur, **new}
+        after = {t: joint(t, chosen + [u], fits) for t in cur[u]}
+        return sum(after[t] - base_joint[t] for t in after), new, after
+
+    while live and (count is None or len(chosen) < count):
+        base = dict.fromkeys(live, 0.0)  # cheap ordering: own + cross terms, current fits
+        for t in stats.cuts:
+            units = [u for u in chosen + sorted(live) if t in cur[u]]
+            if not any(u in live for u in units):
+                continue
+            d = residual_cov(stats.cuts[t], [cur[u][t] for u in units], fold)
+            k = kmat(t, [cur[u][t].channels[0] for u in units])
+            r_idx = [i for i, u in enumerate(units) if u not in live]
+            scale = stats.cuts[t].positions / out_var
+            for i, u in enumerate(units):
+                if u in live:
+                    base[u] += scale * (k[i, i] * d[i, i] + 2.0 * float(k[r_idx, i] @ d[r_idx, i]))
+        best = None
+        for u in sorted(live, key=lambda v: (base[v], v)):
+            if best is not None and base[u] >= best[0]:
+                break
+            if not allowed(u, chosen):
+                live.discard(u)
+                continue
+            c, new, after = delta(u)
+            if best is None or c < best[0]:
+                best = (c, u, new, after)
+        if best is None or (budget is not None and total + best[0] > budget):
             break
+        c, j, new, after = best
         chosen.append(j)
-        total += c
+        live.discard(j)
         kept.discard(j)
-        moved = pending.pop(j, {})
-        cur.update(moved)
-        touched = preds(j) | {p for i in moved for p in preds(i)}
-        for u in cur:
-            if u not in chosen and (j in preds(u) or u in touched):
-                stale.add(u)
+        total += c
+        cur.update(new)
+        base_joint.update(after)
+        stale = [u for u in sorted(live) if j in preds(u)]
+        if stale:
+            cur.update(refit(kept, stale))
     return chosen, {u: cur[u] for u in chosen}, total
 
 
@@ -277,6 +324,7 @@ class Scorer:
         eps: float = 0.05,
         layer_probes: int = 4,
         ablation_chunk: int = 128,
+        max_coef: int = 6,
         seed: int = 0,
     ) -> None:
         self.ug = ug
@@ -287,6 +335,7 @@ class Scorer:
         self.layer_probes = layer_probes
         self.ablation_chunk = ablation_chunk
         self.seed = seed
+        self.max_coef = max_coef
         self.sites = prober.sites
         self.norms = {t: curv.consumer_norms(ug, t) for t in self.sites}
 
@@ -297,7 +346,9 @@ class Scorer:
         for t in self.sites:
             targets = [u for u in dict.fromkeys(self.ug.cuts[t].units) if u in cand]
             if targets:
-                for u, f in fit_cut(self.ug, stats.cuts[t], targets, kept, fold=fold).items():
+                fits = fit_cut(self.ug, stats.cuts[t], targets, kept, fold=fold,
+                               max_coef=self.max_coef, pool=max(16, 2 * self.max_coef))
+                for u, f in fits.items():
                     out[u][t] = f
         return out
 

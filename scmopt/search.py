@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scmopt.curvature import Prober
+from scmopt.curvature import coupling as curv_coupling
 from scmopt.errors import ScmoptError
 from scmopt.measure import Evaluator, Metrics, Runner
 from scmopt.plan import Plan
@@ -113,7 +114,7 @@ class _Search:
     """State shared by the rounds (sessions, splits, plan, timings)."""
 
     def __init__(self, ug, data, labels, criterion, fold, p, seed, batch_size, device, holdout,
-                 progress, curvature_samples, eps, probe_fraction):  # fmt: skip
+                 progress, curvature_samples, eps, probe_fraction, max_coef=6):  # fmt: skip
         self.ug = ug
         self.criterion = criterion
         self.fold = fold
@@ -139,7 +140,8 @@ class _Search:
         k = min(len(fit), curvature_samples)
         probe_idx = np.sort(np.random.default_rng([seed, 2]).choice(len(fit), k, replace=False))
         probe = {kk: v[probe_idx] for kk, v in self.fit.items()}
-        self.scorer = Scorer(ug, self.prober, probe, self.fit, eps=eps, seed=seed)
+        self.scorer = Scorer(ug, self.prober, probe, self.fit, eps=eps, seed=seed,
+                             max_coef=max_coef)  # fmt: skip
         self.plan = Plan()
         self.out_var: float | None = None
         self.scores: dict[str, float] = {}
@@ -203,10 +205,13 @@ class _Search:
             units = self.prefix(self.order(sc), count or 0)
             return units, self.extend(sc, units), float("nan")
         kept = {u for u in self.ug.units if u not in self.plan.removed}
+        coupling = None
+        if self.criterion != "variance":
+            coupling = {t: curv_coupling(self.ug, t, sc.kappa[t]) for t in self.stats.cuts}
         units, fits, pred = select(
             sc, self.stats, lambda k, t: self.scorer.fits(self.stats, k, t, self.fold), kept,
-            fold=self.fold, out_var=self.out_var, count=count, budget=budget,
-            allowed=self.allowed,
+            fold=self.fold, out_var=self.out_var, coupling=coupling, count=count,
+            budget=budget, allowed=self.allowed,
         )  # fmt: skip
         return units, self._build(sc, units, fits), pred
 
@@ -269,12 +274,34 @@ def search(
     eps: float = 0.05,
     probe_fraction: float = 0.5,
     step: int | None = None,
+    max_coef: int = 6,
 ) -> SearchResult:
     """Finds a sparse abstraction of `ug.model` on `data` (input name -> array; an optional
     'y' entry, or `labels`, gives labels for accuracy). See the module docstring.
 
     rounds: max rounds (default 4 for keep, 10 otherwise); step: units removed per round
     (keep mode; 1 with criterion='ablation' is the greedy brute-force baseline)."""
+    with _blas_single_thread():
+        return _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, seed,
+                       batch_size, device, holdout, progress, labels, rounds, curvature_samples,
+                       eps, probe_fraction, step, max_coef)  # fmt: skip
+
+
+def _blas_single_thread():
+    """The analysis multiplies many small matrices; OpenBLAS threads only add overhead there
+    (3-4x slower on a busy 2-core machine), so they are limited when threadpoolctl exists."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, seed, batch_size,
+            device, holdout, progress, labels, rounds, curvature_samples, eps, probe_fraction,
+            step, max_coef) -> SearchResult:  # fmt: skip
     t_start = time.perf_counter()
     data = dict(data)
     if "y" in data and "y" not in {i.name for i in ug.model.graph.input}:
@@ -282,6 +309,8 @@ def search(
         labels = y if labels is None else labels
     rule = _check(ug, data, budget, min_fidelity, min_iia, keep, criterion, p, holdout,
                   batch_size)  # fmt: skip
+    if labels is not None and len(labels) != len(next(iter(data.values()))):
+        raise ScmoptError(f"{len(labels)} labels for {len(next(iter(data.values())))} samples")
     prunable = ug.prunable
     target = None
     if rule == "keep":
@@ -293,7 +322,7 @@ def search(
                 f"must keep one: keep at least {floor} ({floor / len(prunable):.3f})"
             )
     s = _Search(ug, data, labels, criterion, fold, p, seed, batch_size, device, holdout,
-                progress, curvature_samples, eps, probe_fraction)  # fmt: skip
+                progress, curvature_samples, eps, probe_fraction, max_coef)  # fmt: skip
     traj = [{"round": 0, "kept": len(prunable), "removed": 0, "predicted_risk": 0.0,
              "risk": 0.0, "fidelity": 1.0, "iia": 1.0, "accepted": True}]  # fmt: skip
     if rule == "keep":

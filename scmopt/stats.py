@@ -60,8 +60,8 @@ class Moments:
         n, c, p = x.shape
         if n == 0:
             return
-        if self.shift is None:
-            self.shift = x.mean(axis=(0, 2), dtype=np.float64)
+        if self.shift is None:  # kept exactly as the float32 value subtracted below
+            self.shift = x.mean(axis=(0, 2), dtype=np.float64).astype(np.float32).astype(float)
         y = x.astype(np.float32) - self.shift.astype(np.float32)[None, :, None]
         if self.pooled:
             self.s1[:, 0] += y.mean(axis=2, dtype=np.float64).sum(axis=0)

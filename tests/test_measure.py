@@ -1,0 +1,80 @@
+"""Metrics: the empty plan is perfect; fixed-batch models agree with batched runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from plans import random_plan
+from test_curvature import inputs, relu_model
+
+from models import load_split, model_path
+from scmopt import graph
+from scmopt.measure import Evaluator, Runner, flip_bound, measure, sites
+from scmopt.plan import Plan
+from scmopt.units import analyze
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    ug = analyze(graph.load(model_path("cnn_digits")))
+    split = load_split("cnn_digits", "test")
+    data = {k: v[:96] for k, v in split.items() if k != "y"}
+    return ug, data, split["y"][:96]
+
+
+def test_empty_plan_is_perfect(cnn):
+    ug, data, y = cnn
+    m = measure(ug, Plan(), data, y, device="cpu")
+    assert m.risk == 0.0 and m.fidelity == 1.0 and m.iia == 1.0
+    assert set(m.iia_per_cut) == set(sites(ug))
+    assert all(v == 1.0 for v in m.iia_per_cut.values())
+    assert m.d2 == 0.0 and m.flip_bound == 0.0
+    assert m.accuracy == m.accuracy_original > 0.8
+
+
+def test_plan_metrics_are_deterministic_and_sane(cnn):
+    ug, data, y = cnn
+    runner = Runner(ug, data, device="cpu")
+    plan = random_plan(ug, 0.5, seed=3)
+    a = Evaluator(runner, data, y, seed=5).evaluate(plan)
+    b = Evaluator(runner, data, y, seed=5).evaluate(plan)
+    assert a == b
+    assert a.risk > 0 and 0 <= a.fidelity <= 1 and 0 <= a.iia <= 1
+    assert a.flip_bound >= 1 - a.fidelity - 1e-12  # the certificate bounds the flip rate
+    plain = Evaluator(runner, data, y, seed=5).evaluate(plan, interventions=False)
+    assert plain.risk is None and plain.fidelity == a.fidelity
+
+
+def test_swaps_touch_kept_units_only(cnn):
+    ug, data, _ = cnn
+    runner = Runner(ug, data, device="cpu")
+    ev = Evaluator(runner, data, seed=0)
+    plan = random_plan(ug, 0.5, seed=3)
+    t = sites(ug)[0]
+    mask, src = ev.swaps(0, 10, t, plan)
+    removed = np.array([u in plan.removed for u in ug.cuts[t].units])
+    assert not mask[:, removed].any() and mask[:, ~removed].any()
+    assert np.all(src != np.arange(10))
+
+
+def test_fixed_batch_model_runs_per_sample_with_same_metrics():
+    fixed, dyn = analyze(relu_model(fixed_batch=True)), analyze(relu_model())
+    x = inputs(40)
+    assert not Runner(fixed, x, device="cpu").batched
+    assert Runner(dyn, x, device="cpu").batched
+    plan = Plan().set_constant(fixed.cuts["h"].units[1], {"h": 0.5})
+    plan.set_folded(fixed.cuts["q"].units[0], {"q": ({fixed.cuts["q"].units[2]: 0.7}, 0.1)})
+    a = Evaluator(Runner(fixed, x, device="cpu"), x, batch_size=20).evaluate(plan)
+    b = Evaluator(Runner(dyn, x, device="cpu", batch_size=20), x, batch_size=20).evaluate(plan)
+    assert a.risk == pytest.approx(b.risk, rel=1e-5)
+    assert a.iia_per_cut == b.iia_per_cut and a.fidelity == b.fidelity
+
+
+def test_flip_bound():
+    margins = np.array([0.1, 1.0, 2.0, 4.0])
+    assert flip_bound(margins, 0.0) == 0.0
+    d2 = 0.01
+    e = np.linspace(1e-3, 3, 30001)
+    brute = min(1.0, min(np.mean(margins <= 2 * v) + d2 / v**2 for v in e))
+    assert flip_bound(margins, d2) == pytest.approx(brute, abs=2e-3)
+    assert flip_bound(margins, 100.0) == 1.0

@@ -1,0 +1,99 @@
+"""Fits and scores: folds never lose to constants, swaps shrink folds, plans validate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import load_split, model_path
+from scmopt import graph
+from scmopt.curvature import Prober
+from scmopt.measure import Runner
+from scmopt.plan import Plan
+from scmopt.scoring import CRITERIA, Scorer, apply, fit_cut, residual_cov, select
+from scmopt.stats import CutStats, Moments, collect
+from scmopt.units import analyze
+
+
+class _Cut:
+    def __init__(self, c):
+        self.units = [f"u{i}" for i in range(c)]
+        self.positions = 3
+
+
+class _UG:
+    def __init__(self, c):
+        self.cuts = {"t": _Cut(c)}
+
+
+def _stats(seed: int, p: float, w_same: float, c: int = 8) -> CutStats:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(500, 3, 3))
+    mix = rng.normal(size=(c, 3))
+    x = np.einsum("ck,nkp->ncp", mix, base) + 0.3 * rng.normal(size=(500, c, 3)) + 2.0
+    m = Moments(c, 3)
+    m.add(x.astype(np.float32))
+    return CutStats("t", m, Moments(c, 3), 1 - w_same, w_same, 0.0, p)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("w_same", [0.0, 0.5, 1.0])
+def test_fold_never_worse_than_constant(seed, w_same):
+    cs = _stats(seed, 0.5, w_same)
+    ug = _UG(8)
+    kept = set(ug.cuts["t"].units)
+    fits = fit_cut(ug, cs, ["u0", "u3", "u7"], kept, fold=True)
+    for f in fits.values():
+        assert f.pred and f.resid <= f.var + 1e-12
+        assert f.residual(True) <= f.residual(False)
+        d = residual_cov(cs, [f], fold=True)
+        assert d[0, 0] == pytest.approx(f.resid, rel=1e-6, abs=1e-9)
+
+
+def test_swaps_shrink_folds():
+    ug = _UG(8)
+    kept = set(ug.cuts["t"].units)
+    plain = fit_cut(ug, _stats(0, 0.5, 0.0), ["u0"], kept)["u0"]
+    swapped = fit_cut(ug, _stats(0, 0.5, 1.0), ["u0"], kept)["u0"]
+    assert np.abs(swapped.coef).sum() < np.abs(plain.coef).sum()
+    assert swapped.resid > plain.resid  # a swap hides part of the information
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    ug = analyze(graph.load(model_path("mlp_digits")))
+    data = {k: v[:128] for k, v in load_split("mlp_digits").items() if k != "y"}
+    runner = Runner(ug, data, device="cpu")
+    prober = Prober(ug, runner.sites, device="cpu")
+    scorer = Scorer(ug, prober, {k: v[:16] for k, v in data.items()}, data, seed=0)
+    return ug, runner, scorer, collect(runner, data, None), data
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_every_criterion_scores_and_builds_a_valid_plan(mlp, criterion):
+    ug, runner, scorer, st, _ = mlp
+    cand = sorted(ug.prunable)
+    sc = scorer.score(st, Plan(), runner.plan_feeds(None), cand, criterion, fold=True)
+    assert set(sc.rank) == set(cand)
+    for u in cand:
+        assert sc.fold_risk[u] <= sc.const_risk[u] + 1e-12
+    kept = set(ug.units)
+    units, fits, pred = select(sc, st, lambda k, t: scorer.fits(st, k, t, True), kept,
+                               fold=True, out_var=st.out_variance, count=20)  # fmt: skip
+    assert len(units) == 20 and pred >= 0
+    plan = Plan()
+    for u in units:
+        apply(plan, u, fits[u], sc.action[u], ug)
+        for f in fits[u].values():
+            assert not set(f.pred) & set(units)  # folds lean on kept units only
+    plan.validate(ug)
+
+
+def test_curvature_ranks_differ_from_variance(mlp):
+    ug, runner, scorer, st, _ = mlp
+    cand = sorted(ug.prunable)
+    pf = runner.plan_feeds(None)
+    cur = scorer.score(st, Plan(), pf, cand, "curvature")
+    var = scorer.score(st, Plan(), pf, cand, "variance")
+    assert cur.probed == set(cand)  # no focus: every unit probed
+    assert sorted(cand, key=cur.rank.get) != sorted(cand, key=var.rank.get)

@@ -1,0 +1,98 @@
+"""The budgeted search: exact keep counts, determinism, budgets met on held-out data, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import load_split, model_path
+from scmopt import graph
+from scmopt.errors import ScmoptError
+from scmopt.search import search
+from scmopt.units import analyze
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    ug = analyze(graph.load(model_path("mlp_digits")))
+    data = {k: v[:160] for k, v in load_split("mlp_digits").items()}
+    return ug, data
+
+
+def test_keep_gives_exact_count_and_valid_plan(mlp):
+    ug, data = mlp
+    res = search(ug, data, keep=0.3, seed=1, device="cpu", curvature_samples=16)
+    target = round(0.3 * len(ug.prunable))
+    assert res.metrics["kept"] == target
+    assert len(ug.prunable) - len(res.plan.removed) == target
+    res.plan.validate(ug)
+    assert res.metrics["accuracy"] is not None  # labels 'y' were popped from data
+    assert [r["kept"] for r in res.trajectory][-1] == target
+    assert set(res.scores) == set(ug.prunable)
+    assert {"stats", "curvature", "measure", "total"} <= set(res.timing)
+
+
+def test_deterministic_under_seed(mlp):
+    ug, data = mlp
+    runs = [search(ug, data, keep=0.5, seed=3, device="cpu", curvature_samples=16)
+            for _ in range(2)]  # fmt: skip
+    assert runs[0].plan.to_json() == runs[1].plan.to_json()
+    assert runs[0].metrics == runs[1].metrics
+    other = search(ug, data, keep=0.5, seed=4, device="cpu", curvature_samples=16)
+    assert other.plan.to_json() != runs[0].plan.to_json()
+
+
+@pytest.mark.parametrize("rule", [{"budget": 0.05}, {"min_fidelity": 0.97}, {"min_iia": 0.9}])
+def test_targets_hold_on_held_out_data(mlp, rule):
+    ug, data = mlp
+    seen = []
+    res = search(ug, data, **rule, device="cpu", curvature_samples=16, rounds=4,
+                 progress=lambda stage, done, total: seen.append(stage))  # fmt: skip
+    m = res.metrics
+    assert {"round", "stats", "measure"} <= set(seen)
+    if "budget" in rule:
+        assert m["risk"] <= rule["budget"]
+    elif "min_fidelity" in rule:
+        assert m["fidelity"] >= rule["min_fidelity"]
+    else:
+        assert m["iia"] >= rule["min_iia"]
+    assert m["kept"] < len(ug.prunable)  # something was removed
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"keep": 0.5, "budget": 0.1},
+        {"min_fidelity": 0.9, "min_iia": 0.9},
+        {"keep": 0.0},
+        {"keep": 1.5},
+        {"keep": float("nan")},
+        {"keep": True},
+        {"keep": "half"},
+        {"budget": -1.0},
+        {"min_fidelity": 2.0},
+        {"min_iia": -0.1},
+        {"keep": 0.5, "criterion": "psychic"},
+        {"keep": 0.5, "p": 0.0},
+        {"keep": 0.5, "holdout": 1.0},
+        {"keep": 0.5, "batch_size": 0},
+        {"keep": 0.001},  # every cut must keep a unit
+    ],
+)
+def test_bad_requests_raise(mlp, kwargs):
+    ug, data = mlp
+    with pytest.raises(ScmoptError):
+        search(ug, data, device="cpu", **kwargs)
+
+
+def test_bad_data_raises(mlp):
+    ug, data = mlp
+    with pytest.raises(ScmoptError):
+        search(ug, {}, keep=0.5)
+    with pytest.raises(ScmoptError):
+        search(ug, {"other": data["input"]}, keep=0.5)
+    with pytest.raises(ScmoptError):
+        search(ug, {"input": data["input"][:3]}, keep=0.5)
+    with pytest.raises(ScmoptError):
+        search(ug, data, keep=0.5, labels=np.zeros(3))
