@@ -124,6 +124,7 @@ def render_html(report: dict, ug: UnitGraph) -> str:
             [
                 (
                     gid,
+                    f"{gid} {by_id[gid]['kept']}/{by_id[gid]['units']}",
                     f"{gid}: kept {by_id[gid]['kept']} of "
                     f"{by_id[gid]['units']}; producers {', '.join(by_id[gid]['producers'][:3])}",
                     by_id[gid]["kept"] / max(by_id[gid]["units"], 1),
