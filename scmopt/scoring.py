@@ -435,7 +435,8 @@ class Scorer:
         ratios_all = []
         per_cut = {}
         for t in self.sites:
-            got = ~np.isnan(c.kappa[t])
+            # units that do not move (dead, d = 0) say nothing about the cut's scale
+            got = ~np.isnan(c.kappa[t]) & (np.nan_to_num(c.energy[t]) > 1e-30)
             ok = got & (screen[t] > 0)
             r = c.kappa[t][ok] / screen[t][ok]
             per_cut[t] = float(np.median(r)) if len(r) else None
@@ -445,7 +446,7 @@ class Scorer:
             scale = per_cut[t] if per_cut[t] is not None else fallback
             k = screen[t] * scale
             got = ~np.isnan(c.kappa[t])
-            k[got] = c.kappa[t][got]
+            k[got] = c.kappa[t][got]  # dead probed units keep kappa 0: their variance is 0
             kappa[t] = k
         return kappa
 

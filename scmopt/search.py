@@ -351,12 +351,12 @@ def _band(n_cut: int, fraction: float) -> Callable[[dict[str, float]], list[str]
     return focus
 
 
-def _record(s: _Search, traj: list[dict], r: int, sc: Scores, plan: Plan, units: list[str],
+def _record(s: _Search, traj: list[dict], r: int, plan: Plan, units: list[str], pred: float,
             m: Metrics, prev: float, accepted: bool) -> None:  # fmt: skip
-    pred = [sc.risk[u] for u in units]
+    """One trajectory row; predicted risk = previous measured risk + the model's increase."""
     traj.append({
         "round": r, "kept": len(s.ug.prunable) - len(plan.removed),
-        "removed": len(units), "predicted_risk": prev + float(np.sum(pred)),
+        "removed": len(units), "predicted_risk": prev + pred,
         "risk": m.risk, "fidelity": m.fidelity, "iia": m.iia, "accepted": accepted,
     })  # fmt: skip
 
@@ -374,13 +374,13 @@ def _keep_mode(s: _Search, target: int, rounds: int, step: int | None, traj: lis
         if s.progress:
             s.progress("round", r, rounds if step is None else r + left // max(step, 1))
         sc = s.analyse(r, _band(n, s.probe_fraction))
-        units, plan, _ = s.choose(sc, count=n)
+        units, plan, pred = s.choose(sc, count=n)
         if not units:
             raise ScmoptError("no unit can be removed without emptying a cut")
         s.plan = plan
         if step is None or len(s.candidates()) == target:
             m = s.measure(s.plan)
-            _record(s, traj, r, sc, s.plan, units, m, prev, True)
+            _record(s, traj, r, s.plan, units, pred, m, prev, True)
             prev = m.risk
     if s.progress:
         s.progress("round", r, r)
@@ -420,26 +420,30 @@ def _budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[di
 
         sc = s.analyse(r, focus)
         n = size(sc.risk if calibrated else sc.rank)
-        order = s.order(sc)
         accepted = False
+        first = True
         while n >= 1:
-            units = s.prefix(order, n)
+            if calibrated and first:  # the joint model's own budget: half of what is left
+                units, plan, pred = s.choose(sc, budget=0.5 * (value - cur) / cal)
+                if not units:
+                    units, plan, pred = s.choose(sc, count=1)
+            else:
+                units, plan, pred = s.choose(sc, count=n)
+            first = False
             if not units:
                 break
-            plan = s.extend(sc, units)
             m = s.measure(plan, interventions=rule != "min_fidelity")
             ok = _meets(rule, value, m)
-            _record(s, traj, r, sc, plan, units, m, cur, ok)
+            _record(s, traj, r, plan, units, pred, m, cur, ok)
             if ok:
-                pred = float(np.sum([sc.risk[u] for u in units]))
                 if calibrated and pred > 0 and m.risk is not None:
                     cal = float(np.clip((m.risk - cur) / pred, 0.1, 10.0))
                 cur = m.risk if m.risk is not None else cur
                 s.plan = plan
-                step = n
+                step = len(units)
                 accepted = True
                 break
-            n //= 2
+            n = len(units) // 2
         if not accepted:
             break
 

@@ -97,3 +97,21 @@ def test_curvature_ranks_differ_from_variance(mlp):
     var = scorer.score(st, Plan(), pf, cand, "variance")
     assert cur.probed == set(cand)  # no focus: every unit probed
     assert sorted(cand, key=cur.rank.get) != sorted(cand, key=var.rank.get)
+
+
+def test_dead_units_in_the_probe_band_do_not_zero_the_screen():
+    ug = analyze(graph.load(model_path("cnn_digits")))
+    data = {k: v[:128] for k, v in load_split("cnn_digits").items() if k != "y"}
+    runner = Runner(ug, data, device="cpu")
+    scorer = Scorer(ug, Prober(ug, runner.sites, device="cpu"),
+                    {k: v[:16] for k, v in data.items()}, data)  # fmt: skip
+    st = collect(runner, data, None)
+    t = "/Relu_output_0"
+    var = st.cuts[t].variance
+    dead = [u for i, u in enumerate(ug.cuts[t].units) if var[i] == 0]
+    live = [i for i in range(len(var)) if var[i] > 0]
+    assert dead, "cnn_digits has dead ReLUs in its last hidden layer"
+    cand = sorted(ug.prunable)
+    sc = scorer.score(st, Plan(), runner.plan_feeds(None), cand, "curvature",
+                      focus=lambda pre: dead + [ug.cuts[t].units[live[0]]])  # fmt: skip
+    assert np.all(sc.kappa[t][live] > 0)
