@@ -230,6 +230,7 @@ def select(
     count: int | None = None,
     budget: float | None = None,
     allowed: Callable[[str, list[str]], bool] = lambda u, chosen: True,
+    trace: list[float] | None = None,
 ) -> tuple[list[str], dict[str, dict[str, Fit]], float]:
     """Greedy removal in the second-order model, one unit at a time: the cost of removing j
     after the set R is its own risk, plus the cross terms 2 sum_i K_ij E[d_i d_j] with the
@@ -303,6 +304,8 @@ def select(
         live.discard(j)
         kept.discard(j)
         total += c
+        if trace is not None:
+            trace.append(total)  # cumulative: a prefix of the order is the shorter greedy run
         cur.update(new)
         base_joint.update(after)
         stale = [u for u in sorted(live) if j in preds(u)]

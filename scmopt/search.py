@@ -197,8 +197,8 @@ class _Search:
         gone = self.plan.removed | set(chosen) | {u}
         return all(any(v not in gone for v in self.ug.cuts[t].units) for t in self.ug.units[u].cuts)
 
-    def choose(self, sc: Scores, count: int | None = None, budget: float | None = None
-               ) -> tuple[list[str], Plan, float]:  # fmt: skip
+    def choose(self, sc: Scores, count: int | None = None, budget: float | None = None,
+               trace: list[float] | None = None) -> tuple[list[str], Plan, float]:  # fmt: skip
         """Units to remove now and the resulting plan. Criteria with a risk model use the lazy
         greedy of scoring.select; magnitude and random take their ranking's prefix."""
         if self.criterion in ("magnitude", "random"):
@@ -211,7 +211,7 @@ class _Search:
         units, fits, pred = select(
             sc, self.stats, lambda k, t: self.scorer.fits(self.stats, k, t, self.fold), kept,
             fold=self.fold, out_var=self.out_var, coupling=coupling, count=count,
-            budget=budget, allowed=self.allowed,
+            budget=budget, allowed=self.allowed, trace=trace,
         )  # fmt: skip
         return units, self._build(sc, units, fits), pred
 
@@ -421,17 +421,14 @@ def _budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[di
         sc = s.analyse(r, focus)
         n = size(sc.risk if calibrated else sc.rank)
         accepted = False
-        first = True
-        while n >= 1:
-            if calibrated and first:  # the joint model's own budget: half of what is left
-                units, plan, pred = s.choose(sc, budget=0.5 * (value - cur) / cal)
-                if not units:
-                    units, plan, pred = s.choose(sc, count=1)
-            else:
-                units, plan, pred = s.choose(sc, count=n)
-            first = False
+        trace: list[float] = []
+        if calibrated:  # the joint model's own budget: half of what is left
+            units, plan, pred = s.choose(sc, budget=0.5 * (value - cur) / cal, trace=trace)
             if not units:
-                break
+                units, plan, pred = s.choose(sc, count=1, trace=trace)
+        else:
+            units, plan, pred = s.choose(sc, count=n, trace=trace)
+        while units:
             m = s.measure(plan, interventions=rule != "min_fidelity")
             ok = _meets(rule, value, m)
             _record(s, traj, r, plan, units, pred, m, cur, ok)
@@ -443,7 +440,9 @@ def _budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[di
                 step = len(units)
                 accepted = True
                 break
-            n = len(units) // 2
+            units = units[: len(units) // 2]  # the greedy order's prefix, refitted
+            pred = trace[len(units) - 1] if units and trace else float("nan")
+            plan = s.extend(sc, units) if units else plan
         if not accepted:
             break
 

@@ -46,7 +46,7 @@ def test_deterministic_under_seed(mlp):
 def test_targets_hold_on_held_out_data(mlp, rule):
     ug, data = mlp
     seen = []
-    res = search(ug, data, **rule, device="cpu", curvature_samples=16, rounds=4,
+    res = search(ug, data, **rule, device="cpu", curvature_samples=16, rounds=2,
                  progress=lambda stage, done, total: seen.append(stage))  # fmt: skip
     m = res.metrics
     assert {"round", "stats", "measure"} <= set(seen)
@@ -96,3 +96,14 @@ def test_bad_data_raises(mlp):
         search(ug, {"input": data["input"][:3]}, keep=0.5)
     with pytest.raises(ScmoptError):
         search(ug, data, keep=0.5, labels=np.zeros(3))
+
+
+def test_greedy_brute_force_baseline_on_a_tiny_model():
+    from test_curvature import inputs, relu_model
+
+    from scmopt.search import greedy_search
+
+    ug = analyze(relu_model())
+    res = greedy_search(ug, inputs(48), keep=0.5, device="cpu")
+    assert res.metrics["kept"] == round(0.5 * len(ug.prunable))
+    res.plan.validate(ug)
