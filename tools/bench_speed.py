@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=B.ZOO)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--min-fidelity", type=float, default=0.99)
-    ap.add_argument("--greedy-budget", type=float, default=900.0)
+    ap.add_argument("--greedy-budget", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="speed")
     args = ap.parse_args()
