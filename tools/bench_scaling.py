@@ -9,7 +9,7 @@ wall times and its resident memory: the RSS before compress (after imports and d
 the peak RSS during compress (VmRSS sampled every 2 ms by a thread; the process high-water mark
 resource.getrusage(RUSAGE_SELF).ru_maxrss is also recorded, but it is set by the onnxruntime
 import, above what the analysis adds on these models), and their difference. Time is the median
-of --repeats runs, memory the maximum.
+of --repeats runs (a single run when it takes over 2 minutes), memory the maximum.
 
 Samples: cnn_digits' 1024 calibration samples, cut to the first n for n < 1024; for n > 1024
 the set is extended with jittered copies (Gaussian noise, sigma 0.05, clipped to [0, 1], fixed
