@@ -8,7 +8,10 @@
 Criteria: curvature+fold (the method), curvature (no fold), and the baselines layer, variance,
 magnitude, random with constant replacement (no fold, as the classic pruning criteria), plus
 variance+fold and layer+fold to separate the effect of the ranking from that of folding.
-Writes benchmarks/quality.{json,csv} and benchmarks/quality_<model>.png.
+Then the method (and two baselines) stopped by quality targets instead (min_iia 0.95, min_fidelity
+0.99): how many units they remove at that quality.
+Writes benchmarks/quality.{json,csv}, benchmarks/quality_targets.{json,csv} and
+benchmarks/quality_<model>.png.
 """
 
 from __future__ import annotations
@@ -33,14 +36,18 @@ CONFIGS = {
 RATIOS = [0.5, 0.3, 0.2, 0.1]
 
 
-def run_one(name: str, label: str, keep: float, seed: int, ug, test, y) -> dict:
+def run_one(name: str, label: str, keep: float | None, seed: int, ug, test, y,
+            rule: tuple[str, float] | None = None) -> dict:  # fmt: skip
     crit, fold = CONFIGS[label]
     row = {"model": name, "method": label, "criterion": crit, "fold": fold, "keep": keep,
-           "seed": seed, "target_units": B.target_units(ug, keep)}  # fmt: skip
+           "seed": seed, "target_units": B.target_units(ug, keep) if keep else None}  # fmt: skip
+    stop = {"keep": keep} if rule is None else {rule[0]: rule[1]}
+    if rule is not None:
+        row["rule"] = f"{rule[0]} {rule[1]}"
     try:
         res, secs, kept = B.run_scmopt(
-            str(B.model_path(name)), str(B.calib_path(name)), keep=keep, criterion=crit,
-            fold=fold, seed=seed,
+            str(B.model_path(name)), str(B.calib_path(name)), criterion=crit, fold=fold,
+            seed=seed, **stop,
         )  # fmt: skip
     except Exception as exc:  # a ratio below the one-unit-per-cut floor, or a failure
         row["error"] = f"{type(exc).__name__}: {exc}"
@@ -68,7 +75,8 @@ def run_one(name: str, label: str, keep: float, seed: int, ug, test, y) -> dict:
         test_accuracy_original=ev["accuracy_original"],
         iia_per_cut=ev["iia_per_cut"],
     )
-    B.log(f"{name:14s} {label:15s} keep {keep:.2f} units {ev['units']:4d} "
+    row["unit_reduction"] = 1 - ev["units"] / len(ug.units)
+    B.log(f"{name:14s} {label:15s} {row.get('rule') or f'keep {keep:.2f}'} units {ev['units']:4d} "
           f"agree {ev['agreement']:.3f} iia {ev['iia']:.3f} risk {ev['risk']:.3g} "
           f"acc {ev['accuracy']:.3f} ({secs:.1f}s)")  # fmt: skip
     return row
@@ -109,6 +117,10 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=B.ZOO)
     ap.add_argument("--methods", nargs="*", default=list(CONFIGS))
     ap.add_argument("--ratios", nargs="*", type=float, default=RATIOS)
+    ap.add_argument("--rules", nargs="*", default=["min_iia=0.95", "min_fidelity=0.99"],
+                    help="stopping rules run with the methods in --rule-methods")
+    ap.add_argument("--rule-methods", nargs="*", default=["curvature+fold", "layer+fold",
+                                                          "variance"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="quality")
     args = ap.parse_args()
@@ -123,6 +135,16 @@ def main() -> None:
                 rows.append(run_one(name, label, keep, args.seed, ug, test, y))
         B.write_results(args.name, rows, {"ratios": args.ratios, "methods": args.methods})
     plot(rows, args.models)
+    # the same methods stopped by a quality target instead of a keep ratio
+    targets = []
+    for name in args.models:
+        ug = units.analyze(B.load_model(name))
+        test, y = B.split(name, "test")
+        for rule in args.rules:
+            k, _, v = rule.partition("=")
+            for label in args.rule_methods:
+                targets.append(run_one(name, label, None, args.seed, ug, test, y, (k, float(v))))
+        B.write_results(f"{args.name}_targets", targets, {"rules": args.rules})
 
 
 if __name__ == "__main__":

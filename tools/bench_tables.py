@@ -247,7 +247,77 @@ def scaling(doc) -> str:
     return "\n".join(out)
 
 
-SECTIONS = {"quality": quality, "curvature": curvature, "speed": speed, "deploy": deploy,
+def summary(_doc=None) -> str:
+    """The issue's goals against what was measured (each line from one result file)."""
+    out = ["| goal | measured | met? |", "|---|---|---|"]
+    t = load("quality_targets")
+    if t:
+        cells, ok = [], True
+        for r in t["rows"]:
+            if r["method"] != "curvature+fold" or r.get("rule") != "min_iia 0.95":
+                continue
+            if r["model"] not in B.CNNS:
+                continue
+            if "error" in r:
+                cells.append(f"{r['model']}: error")
+                ok = False
+                continue
+            good = r["unit_reduction"] >= 0.7 and (r["test_iia"] or 0) >= 0.95
+            ok &= good
+            cells.append(f"{r['model']}: {r['unit_reduction'] * 100:.0f}% fewer units, IIA "
+                         f"{f3(r['test_iia'])} test / {f3(r['calib_iia'])} calib")  # fmt: skip
+        out.append(f"| >= 70% fewer units at >= 95% IIA on every zoo CNN (`min_iia 0.95`) | "
+                   f"{'; '.join(cells)} | {'yes' if ok and cells else 'no'} |")
+    q = load("quality")
+    if q:
+        by = defaultdict(dict)
+        for r in q["rows"]:
+            if "error" not in r:
+                by[(r["model"], r["keep"])][r["method"]] = r
+        classic = ("curvature", "layer", "variance", "magnitude", "random")
+        n = a_classic = a_all = 0
+        for d in by.values():
+            me = d.get("curvature+fold")
+            if me is None:
+                continue
+            n += 1
+            others = [m for m in d if m != "curvature+fold"]
+            a_classic += all(me["test_agreement"] >= d[m]["test_agreement"]
+                             for m in others if m in classic)
+            a_all += all(me["test_agreement"] >= d[m]["test_agreement"] for m in others)
+        out.append(f"| curvature+fold ahead of every baseline at every ratio (test fidelity) | "
+                   f"ahead of the classic criteria (curvature w/o fold, layer, variance, "
+                   f"magnitude, random) in {a_classic}/{n} model x ratio cells; also ahead of "
+                   f"layer+fold and variance+fold in {a_all}/{n} | "
+                   f"{'yes' if a_all == n else ('classic only' if a_classic == n else 'no')} |")
+    sp = load("speed")
+    if sp:
+        cells = [f"{r['model']} {r['speedup_vs_ablation']:.1f}x" for r in sp["rows"]]
+        ok = all(r["speedup_vs_ablation"] >= 20 for r in sp["rows"])
+        out.append(f"| >= 20x faster than exhaustive ablation (analysis time, same rule) | "
+                   f"{', '.join(cells)} | {'yes' if ok else 'no'} |")
+    de = load("deploy")
+    if de:
+        cells, ok = [], True
+        for r in de["rows"]:
+            if r["variant"] != "scmopt":
+                continue
+            v = r.get("all_b64_speedup_over_flop_reduction")
+            cells.append(f"{r['model']} {v:.2f} (b64), "
+                         f"{r.get('all_b1_speedup_over_flop_reduction', float('nan')):.2f} (b1)")
+            ok &= v >= 0.8
+        out.append(f"| compiled latency gain >= 0.8x the FLOP reduction (ORT default level) | "
+                   f"{'; '.join(cells)} | {'yes' if ok else 'no'} |")
+    sc = load("scaling")
+    if sc and sc["meta"].get("fit_time_vs_samples"):
+        f = sc["meta"]["fit_time_vs_samples"]
+        out.append(f"| cost linear in samples | analysis time vs samples: R^2 {f['r2']:.3f}, "
+                   f"log-log slope {f['loglog_slope']:.2f} (1 = linear, 0 = flat) | "
+                   f"{'yes' if f['loglog_slope'] <= 1.1 else 'no'} |")
+    return "\n".join(out)
+
+
+SECTIONS = {"summary": summary, "quality": quality, "curvature": curvature, "speed": speed, "deploy": deploy,
             "peers": peers, "causal": causal, "scaling": scaling}  # fmt: skip
 
 
@@ -257,6 +327,9 @@ def main() -> None:
     args = ap.parse_args()
     blocks = {}
     for name, fn in SECTIONS.items():
+        if name == "summary":
+            blocks[name] = summary()
+            continue
         doc = load(name)
         blocks[name] = fn(doc) if doc else "_not run yet_"
     if not args.write:
