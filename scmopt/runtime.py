@@ -63,13 +63,22 @@ def providers(device: str = "auto") -> list[str]:
 
 
 def session(
-    model: onnx.ModelProto, device: str = "auto", threads: int | None = None
+    model: onnx.ModelProto,
+    device: str = "auto",
+    threads: int | None = None,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
-    """An inference session for an in-memory model (no file round-trip)."""
+    """An inference session for an in-memory model (no file round-trip).
+
+    `spinning=False` stops worker threads from busy-waiting after a run, which leaves the
+    cores to numpy when analysis interleaves many short calls with array work.
+    """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
     except Exception as exc:
