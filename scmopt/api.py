@@ -206,8 +206,8 @@ def compress(
             "analysis": t2 - t1,
             "compile": t3 - t2,
             "validate": t4 - t3,
-            **dict(found.timing),
-        },  # fmt: skip
+            "search": dict(found.timing),  # the analysis stages
+        },
         "groups": report.group_rows(ug, plan),
         "plan": plan.to_dict(),
         "trajectory": found.trajectory,

@@ -89,13 +89,14 @@ def render_html(report: dict, ug: UnitGraph) -> str:
         if cert
         else "No certificate (no data)."
     )
-    traj = report.get("trajectory") or []
-    xs = [t.get("units_kept", i) for i, t in enumerate(traj)]
+    # accepted rounds only, in search order (rejected proposals would zig-zag the lines)
+    traj = [t for t in report.get("trajectory") or [] if t.get("accepted", True)]
+    xs = [t.get("kept", i) for i, t in enumerate(traj)]
     chart_traj = svg.line_chart(
         "Search trajectory",
         xs,
         {
-            "measured risk": [t.get("measured_risk") for t in traj],
+            "measured risk": [t.get("risk") for t in traj],
             "predicted risk": [t.get("predicted_risk") for t in traj],
             "fidelity": [t.get("fidelity") for t in traj],
             "IIA": [t.get("iia") for t in traj],
