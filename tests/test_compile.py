@@ -92,7 +92,7 @@ def test_light_models(name):
     compiled = compile_plan(ug, Plan()).model
     assert relative_error(outputs(compiled, feeds), outputs(model, feeds)) <= TOL
     if ug.prunable:
-        _check_plan(ug, random_plan(ug, 0.5, seed=1, per_position_prob=0.2), feeds, model)
+        _check_plan(ug, random_plan(ug, 0.5, seed=1, per_position_prob=0.0), feeds, model)
 
 
 PRUNABLE_GOAL = ["resnet50", "vgg19", "squeezenet", "inception_v1", "densenet121"]
