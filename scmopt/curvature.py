@@ -30,9 +30,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from scmopt import runtime
 from scmopt.graph import infer_shapes
 from scmopt.intervene import HookSpec, dynamic_batch, hook
-from scmopt.measure import session
 from scmopt.units import UnitGraph
 
 Feeds = dict[str, np.ndarray]
@@ -128,7 +128,7 @@ class Prober:
     def _session(self, key: str):
         if key not in self._sessions:
             model = self.capture_model if key == "" else self.subs[key]
-            self._sessions[key] = session(model, self.device)
+            self._sessions[key] = runtime.session(model, self.device, spinning=False)
         return self._sessions[key]
 
     def cache(self, x: Feeds, plan_feeds: Feeds) -> Feeds:

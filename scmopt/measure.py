@@ -23,23 +23,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from scmopt import runtime
 from scmopt.errors import ScmoptError
 from scmopt.intervene import HookSpec, dynamic_batch, hook
 from scmopt.plan import Plan
-from scmopt.runtime import providers
 from scmopt.units import UnitGraph
 
 Progress = Callable[[str, int, int], None]
 Feeds = dict[str, np.ndarray]
-
-
-def session(model: onnx.ModelProto, device: str = "auto") -> ort.InferenceSession:
-    """An analysis session: like scmopt.runtime.session, but its worker threads do not spin
-    after a run, so they leave the cores to numpy between the many short calls."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
 
 
 def sites(ug: UnitGraph) -> list[str]:
@@ -113,7 +104,7 @@ class Runner:
             for t in self.sites
         }
         self.hooked = hook(ug, specs, model=base)
-        self.sess = session(self.hooked.model, device)
+        self.sess = runtime.session(self.hooked.model, device, spinning=False)
         self.batch_size = batch_size if self.batched else 1
         self.channels = {t: ug.cuts[t].channels for t in self.sites}
         self._identity = self.plan_feeds(None)
@@ -218,7 +209,7 @@ def _accepts_batch(model: onnx.ModelProto, data: Feeds, device: str) -> bool:
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4
     try:
-        session(model, device).run(None, probe, quiet)
+        runtime.session(model, device, spinning=False).run(None, probe, quiet)
     except Exception:  # onnxruntime raises several types for shape errors
         return False
     return True
