@@ -90,21 +90,24 @@ def analyze(
     device: str = "auto",
     seed: int = 0,
     progress: Progress | None = None,
-):
-    """Runs the budgeted search and returns its SearchResult (plan, trajectory, metrics)."""
+) -> Plan:
+    """Runs the budgeted search (DESIGN §2) and returns the abstraction plan."""
+    ug = model if isinstance(model, UnitGraph) else find_units(_model(model))
+    feeds, _, _ = prepare_data(ug.model, data, samples, seed)
+    return _search(
+        ug, feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
+        criterion=criterion, fold=fold, seed=seed, batch_size=batch_size, device=device,
+        progress=progress,
+    ).plan  # fmt: skip
+
+
+def _search(ug: UnitGraph, feeds: dict[str, np.ndarray], *, criterion: str, **options):
+    """The search on checked feeds; returns the SearchResult (plan, trajectory, metrics)."""
     from scmopt.search import search
 
     if criterion not in CRITERIA:
         raise ScmoptError(f"unknown criterion {criterion!r} (one of {', '.join(CRITERIA)})")
-    ug = model if isinstance(model, UnitGraph) else find_units(_model(model))
-    feeds = data if isinstance(data, dict) and "y" not in data else None
-    if feeds is None:
-        feeds, _, _ = prepare_data(ug.model, data, samples, seed)
-    return search(
-        ug, feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
-        criterion=criterion, fold=fold, seed=seed, batch_size=batch_size, device=device,
-        progress=progress,
-    )  # fmt: skip
+    return search(ug, feeds, criterion=criterion, **options)
 
 
 def compile(model: str | Path | onnx.ModelProto | UnitGraph, plan: Plan) -> onnx.ModelProto:  # noqa: A001
@@ -150,7 +153,7 @@ def compress(
     fit_feeds = {k: v[fit] for k, v in feeds.items()}
     val_feeds = {k: v[val] for k, v in feeds.items()}
     t1 = time.perf_counter()
-    found = analyze(
+    found = _search(
         ug, fit_feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
         criterion=criterion, fold=fold, batch_size=batch_size, device=device, seed=seed,
         progress=progress,

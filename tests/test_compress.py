@@ -125,9 +125,9 @@ def test_python_api(calib):
     result = scmopt.compress(CNN, data, keep=0.5, seed=1)
     assert isinstance(result, scmopt.Result)
     assert result.report["accuracy"]["samples"] > 0
-    found = scmopt.analyze(CNN, {"input": data["input"]}, keep=0.5, seed=1)
-    assert found.plan.removed
-    model = scmopt.compile(CNN, found.plan)
+    plan = scmopt.analyze(CNN, {"input": data["input"]}, keep=0.5, seed=1)
+    assert isinstance(plan, scmopt.api.Plan) and plan.removed
+    model = scmopt.compile(CNN, plan)
     onnx.checker.check_model(model, full_check=True)
 
 
@@ -166,3 +166,20 @@ def test_external_data_model(tmp_path, calib):
     res = CliRunner().invoke(main, [str(src), str(out), "--data", calib, "--keep", "0.5", "-q"])
     assert res.exit_code == 0, res.output
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+def test_output_option_selects_the_logits(tmp_path, calib):
+    """Two outputs: --output picks the one the analysis reads; the written model keeps both,
+    in their original order."""
+    model = onnx.load(CNN)
+    hidden = model.graph.node[-2].output[0]  # the hidden Relu before the last Gemm
+    model.graph.output.insert(0, onnx.helper.make_tensor_value_info(hidden, 1, ["batch", 64]))
+    src = tmp_path / "two.onnx"
+    onnx.save(model, src)
+    out = tmp_path / "o.onnx"
+    res = CliRunner().invoke(main, [str(src), str(out), "--data", calib, "--keep", "0.5",
+                                    "--output", "logits", "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert [o.name for o in onnx.load(str(out)).graph.output] == [hidden, "logits"]
+    bad = CliRunner().invoke(main, [str(src), str(out), "--data", calib, "--output", "nope"])
+    assert bad.exit_code == 2 and "no output 'nope'" in bad.output
