@@ -65,37 +65,41 @@ def fit_cut(
     max_coef: int = 6,
     pool: int = 16,
     ridge: float = 1e-3,
+    target: str = "o",
 ) -> dict[str, Fit]:
     """Constant and (optionally) fold of every target unit at cut `cs.cut`; predictors are the
-    kept units of the cut other than the target."""
+    kept units of the cut other than the target. target "o": fit toward the original network's
+    values (when the statistics hold them, see stats.collect), "p": toward the plan's."""
     cut = ug.cuts[cs.cut]
     first: dict[str, list[int]] = {}
     for i, u in enumerate(cut.units):
         first.setdefault(u, []).append(i)
-    mu = cs.mean
+    mu = cs.mean  # predictors: the plan's values
     var = cs.variance
+    tmu = cs.target_mean if target == "o" else mu  # targets: original values (when measured)
+    tvar = cs.target_variance if target == "o" else var
     cov1 = cov2 = None
     if fold:
-        cov1, cov2 = cs.covariance(1), cs.covariance(2)
+        cov1, cov2 = cs.covariance(1, "p", target), cs.covariance(2)
     kept_idx = np.array([first[u][0] for u in first if u in kept and var[first[u][0]] > 0])
     fits = {}
     for j in targets:
         chans = first[j]
         jj = chans[0]
-        fit = Fit(cs.cut, chans, mu[jj].copy(), float(var[jj]))
-        if fold and len(kept_idx) and var[jj] > 0:
+        fit = Fit(cs.cut, chans, tmu[jj].copy(), float(tvar[jj]))
+        if fold and len(kept_idx) and tvar[jj] > 0:
             cand = kept_idx[kept_idx != jj]
-            _fold(fit, cand, cov1, cov2, mu, jj, max_coef, pool, ridge)
+            _fold(fit, cand, cov1, cov2, mu, tmu, float(tvar[jj]), jj, max_coef, pool, ridge)
             fit.pred = [cut.units[i] for i in fit.pred_idx]
         fits[j] = fit
     return fits
 
 
-def _fold(fit, cand, cov1, cov2, mu, jj, max_coef, pool, ridge) -> None:
-    """Greedy forward selection by exact residual reduction over the most correlated pool."""
+def _fold(fit, cand, cov1, cov2, mu, tmu, vj, jj, max_coef, pool, ridge) -> None:
+    """Greedy forward selection by exact residual reduction over the most correlated pool.
+    cov1[k, j]: predictor k (plan) x target j (original); cov2: predictors; vj: target var."""
     if len(cand) == 0:
         return
-    vj = cov2[jj, jj]
     dk = np.clip(np.diag(cov2)[cand], 1e-30, None)
     corr = np.abs(cov1[cand, jj]) / np.sqrt(dk * vj)
     cand = cand[np.argsort(-corr, kind="stable")[:pool]]
@@ -107,7 +111,7 @@ def _fold(fit, cand, cov1, cov2, mu, jj, max_coef, pool, ridge) -> None:
             if k in chosen:
                 continue
             s = chosen + [int(k)]
-            r, a = _ls(cov1, cov2, s, jj, ridge)
+            r, a = _ls(cov1, cov2, s, jj, vj, ridge)
             if trial is None or r < trial[0]:
                 trial = (r, a, s)
         if trial is None or best[0] - trial[0] <= 1e-6 * vj:
@@ -118,11 +122,11 @@ def _fold(fit, cand, cov1, cov2, mu, jj, max_coef, pool, ridge) -> None:
         return
     fit.pred_idx = np.array(chosen, dtype=int)
     fit.coef = best[1]
-    fit.offset = mu[jj] - best[1] @ mu[chosen]
+    fit.offset = tmu[jj] - best[1] @ mu[chosen]
     fit.resid = float(max(best[0], 0.0))
 
 
-def _ls(cov1, cov2, s, jj, ridge) -> tuple[float, np.ndarray]:
+def _ls(cov1, cov2, s, jj, vj, ridge) -> tuple[float, np.ndarray]:
     a_ss = cov2[np.ix_(s, s)]
     c = cov1[s, jj]
     reg = a_ss + ridge * np.diag(np.diag(a_ss) + 1e-30)
@@ -130,7 +134,7 @@ def _ls(cov1, cov2, s, jj, ridge) -> tuple[float, np.ndarray]:
         a = np.linalg.solve(reg, c)
     except np.linalg.LinAlgError:
         a = np.linalg.lstsq(reg, c, rcond=None)[0]
-    r = cov2[jj, jj] - 2 * a @ c + a @ a_ss @ a
+    r = vj - 2 * a @ c + a @ a_ss @ a
     return float(r), a
 
 
@@ -202,18 +206,19 @@ def _cost(stats: Stats, kappa: dict[str, np.ndarray], at: dict[str, Fit], out_va
                for t, f in at.items()) / out_var  # fmt: skip
 
 
-def residual_cov(cs: CutStats, fits: list[Fit], fold: bool) -> np.ndarray:
+def residual_cov(cs: CutStats, fits: list[Fit], fold: bool, target: str = "o") -> np.ndarray:
     """E_I[d_u d_v] (within-position, pooled) for the residuals d = a - r of `fits` at one cut.
     Removed units are never swapped, their predictors are: target-target pairs use plain
     moments, target-predictor pairs the one-swapped ones, predictor pairs the two-swapped."""
-    c = cs.plain.channels
+    c = cs.channels
     t = np.zeros((len(fits), c))
     a = np.zeros((len(fits), c))
     for r, f in enumerate(fits):
         t[r, f.channels[0]] = 1.0
         if fold and f.pred and f.resid < f.var:
             a[r, f.pred_idx] = -f.coef
-    c0, c1, c2 = cs.covariance(0), cs.covariance(1), cs.covariance(2)
+    c0, c1 = cs.covariance(0, target, target), cs.covariance(1, target, "p")
+    c2 = cs.covariance(2)
     cross = t @ c1 @ a.T
     return t @ c0 @ t.T + cross + cross.T + a @ c2 @ a.T
 
@@ -231,6 +236,7 @@ def select(
     budget: float | None = None,
     allowed: Callable[[str, list[str]], bool] = lambda u, chosen: True,
     trace: list[float] | None = None,
+    target: str = "o",
 ) -> tuple[list[str], dict[str, dict[str, Fit]], float]:
     """Greedy removal in the second-order model, one unit at a time: the cost of removing j
     after the set R is its own risk, plus the cross terms 2 sum_i K_ij E[d_i d_j] with the
@@ -260,7 +266,7 @@ def select(
         units = [u for u in units if t in fits[u]]
         if not units:
             return 0.0
-        d = residual_cov(stats.cuts[t], [fits[u][t] for u in units], fold)
+        d = residual_cov(stats.cuts[t], [fits[u][t] for u in units], fold, target)
         k = kmat(t, [fits[u][t].channels[0] for u in units])
         return stats.cuts[t].positions * float(np.sum(k * d)) / out_var
 
@@ -280,7 +286,7 @@ def select(
             units = [u for u in chosen + sorted(live) if t in cur[u]]
             if not any(u in live for u in units):
                 continue
-            d = residual_cov(stats.cuts[t], [cur[u][t] for u in units], fold)
+            d = residual_cov(stats.cuts[t], [cur[u][t] for u in units], fold, target)
             k = kmat(t, [cur[u][t].channels[0] for u in units])
             r_idx = [i for i, u in enumerate(units) if u not in live]
             scale = stats.cuts[t].positions / out_var
@@ -342,7 +348,8 @@ class Scorer:
         self.sites = prober.sites
         self.norms = {t: curv.consumer_norms(ug, t) for t in self.sites}
 
-    def fits(self, stats: Stats, kept: set[str], candidates: list[str], fold: bool):
+    def fits(self, stats: Stats, kept: set[str], candidates: list[str], fold: bool,
+             target: str = "o"):  # fmt: skip
         """Fits of every candidate at every cut it occupies; predictors from `kept`."""
         cand = set(candidates)
         out: dict[str, dict[str, Fit]] = {u: {} for u in candidates}
@@ -350,7 +357,8 @@ class Scorer:
             targets = [u for u in dict.fromkeys(self.ug.cuts[t].units) if u in cand]
             if targets:
                 fits = fit_cut(self.ug, stats.cuts[t], targets, kept, fold=fold,
-                               max_coef=self.max_coef, pool=max(16, 2 * self.max_coef))
+                               max_coef=self.max_coef, pool=max(16, 2 * self.max_coef),
+                               target=target)  # fmt: skip
                 for u, f in fits.items():
                     out[u][t] = f
         return out

@@ -8,6 +8,15 @@ predicted risk (calibrated by earlier rounds' measured/predicted ratio) fits hal
 budget; fidelity and IIA targets, and uncalibrated criteria, size the prefix by count. A prefix
 is accepted only if the held-out measurement meets the target; otherwise it is halved.
 
+Fit targets (keep mode): from round 2 on, statistics also hold the ORIGINAL network's values
+on the same inputs and interventions; each round selects and fits its removals once toward the
+original's values and once toward the current plan's, and keeps the plan with the lower
+held-out risk (neither wins everywhere: the original's values help the residual network, the
+plan's the plain CNN). After the last round every removed unit is refitted toward the
+original's values under the final plan (the last round's removals were fitted before their
+upstream neighbours went); that refit is kept only if the held-out risk drops. Budget rules fit
+toward the plan's values and get the same final refit.
+
 Constants and folds are fitted on the fit split only; every reported metric is measured on the
 held-out split. A plan never removes the last kept unit of a cut.
 """
@@ -15,6 +24,7 @@ held-out split. A plan never removes the last kept unit of a cut.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +42,9 @@ from scmopt.stats import collect
 from scmopt.units import UnitGraph
 
 Progress = Callable[[str, int, int], None]
+TOWARD_ORIGINAL = True  # fit replacements toward the original network's values (stats.collect)
+TRY_TARGETS = True  # keep mode: new removals fitted toward original / plan values, best held-out
+POLISH = 1  # refits of every removed unit after the last round (kept if held-out risk drops)
 
 
 @dataclass
@@ -153,11 +166,20 @@ class _Search:
     def candidates(self) -> list[str]:
         return sorted(u for u in self.ug.prunable if u not in self.plan.removed)
 
+    def analyse_stats(self, round_: int) -> None:
+        """Statistics under the current plan (with the original's values for refits)."""
+        t0 = time.perf_counter()
+        self.stats = collect(self.runner, self.fit, self.plan, p=self.p,
+                             seed=self.seed * 1000 + round_, progress=self.progress,
+                             original=True)  # fmt: skip
+        self._add("stats", t0)
+
     def analyse(self, round_: int, focus) -> Scores:
         """Statistics and scores of the candidates under the current plan."""
         t0 = time.perf_counter()
+        toward = TOWARD_ORIGINAL and self.rule == "keep" and self.step is None
         stats = collect(self.runner, self.fit, self.plan, p=self.p, seed=self.seed * 1000 + round_,
-                        progress=self.progress)  # fmt: skip
+                        progress=self.progress, original=toward)  # fmt: skip
         self._add("stats", t0)
         if self.out_var is None:
             self.out_var = stats.out_variance  # the original's output variance
@@ -171,6 +193,18 @@ class _Search:
         for k, v in sc.seconds.items():
             self.timing[k] = self.timing.get(k, 0.0) + v
         return sc
+
+    def refit_removed(self) -> Plan:
+        """Every removed unit refitted toward the original network's values, from the units
+        kept now (under this round's statistics, so upstream replacements are accounted for)."""
+        removed = sorted(self.plan.removed)
+        kept = {u for u in self.ug.units if u not in self.plan.removed}
+        fits = self.scorer.fits(self.stats, kept, removed, self.fold)
+        plan = Plan()
+        for u in removed:
+            fold = self.fold and any(f.pred and f.resid < f.var for f in fits[u].values())
+            apply(plan, u, fits[u], "folded" if fold else "constant", self.ug)
+        return plan
 
     def order(self, sc: Scores) -> list[str]:
         return sorted(sc.rank, key=lambda u: (sc.rank[u], u))
@@ -197,21 +231,34 @@ class _Search:
         gone = self.plan.removed | set(chosen) | {u}
         return all(any(v not in gone for v in self.ug.cuts[t].units) for t in self.ug.units[u].cuts)
 
+    def retarget(self, sc: Scores, target: str) -> Scores:
+        """The same scores with the candidates fitted toward `target` values (same kappa)."""
+        kept = {u for u in self.ug.units if u not in self.plan.removed}
+        fits = self.scorer.fits(self.stats, kept, list(sc.fits), self.fold, target)
+        const, folded, action = risks(self.ug, self.stats, sc.kappa, fits, self.out_var,
+                                      self.fold)  # fmt: skip
+        risk = {u: folded[u] if action[u] == "folded" else const[u] for u in sc.fits}
+        rank = risk if self.criterion in CALIBRATED or self.criterion == "variance" else sc.rank
+        return dataclasses.replace(sc, rank=dict(rank), risk=risk, const_risk=const,
+                                   fold_risk=folded, action=action, fits=fits)  # fmt: skip
+
     def choose(self, sc: Scores, count: int | None = None, budget: float | None = None,
-               trace: list[float] | None = None) -> tuple[list[str], Plan, float]:  # fmt: skip
+               trace: list[float] | None = None, target: str = "o",
+               ) -> tuple[list[str], Plan, float]:  # fmt: skip
         """Units to remove now and the resulting plan. Criteria with a risk model use the lazy
         greedy of scoring.select; magnitude and random take their ranking's prefix."""
         if self.criterion in ("magnitude", "random"):
             units = self.prefix(self.order(sc), count or 0)
-            return units, self.extend(sc, units), float("nan")
+            return units, self.extend(sc, units, target), float("nan")
         kept = {u for u in self.ug.units if u not in self.plan.removed}
         coupling = None
         if self.criterion != "variance":
             coupling = {t: curv_coupling(self.ug, t, sc.kappa[t]) for t in self.stats.cuts}
         units, fits, pred = select(
-            sc, self.stats, lambda k, t: self.scorer.fits(self.stats, k, t, self.fold), kept,
+            sc, self.stats, lambda k, t: self.scorer.fits(self.stats, k, t, self.fold, target),
+            kept,
             fold=self.fold, out_var=self.out_var, coupling=coupling, count=count,
-            budget=budget, allowed=self.allowed, trace=trace,
+            budget=budget, allowed=self.allowed, trace=trace, target=target,
         )  # fmt: skip
         return units, self._build(sc, units, fits), pred
 
@@ -224,11 +271,16 @@ class _Search:
         _substitute(plan, set(units))
         return plan
 
-    def extend(self, sc: Scores, units: list[str]) -> Plan:
+    def extend(self, sc: Scores, units: list[str], target: str = "o") -> Plan:
         """The current plan plus `units`, refitted onto the units that stay kept."""
         gone = self.plan.removed | set(units)
         kept = {u for u in self.ug.units if u not in gone}
-        return self._build(sc, units, self.scorer.fits(self.stats, kept, units, self.fold))
+        return self._build(sc, units, self.scorer.fits(self.stats, kept, units, self.fold,
+                                                       target))  # fmt: skip
+
+    def targets(self) -> bool:
+        """The statistics hold the original's values, so both fit targets are available."""
+        return TRY_TARGETS and any(c.original for c in self.stats.cuts.values())
 
     def measure(self, plan: Plan, interventions: bool = True) -> Metrics:
         t0 = time.perf_counter()
@@ -323,6 +375,10 @@ def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, s
             )
     s = _Search(ug, data, labels, criterion, fold, p, seed, batch_size, device, holdout,
                 progress, curvature_samples, eps, probe_fraction, max_coef)  # fmt: skip
+    s.rule = rule
+    s.step = step
+    s.rule_value = {"budget": budget, "min_fidelity": min_fidelity, "min_iia": min_iia,
+                    "keep": keep}[rule]  # fmt: skip
     traj = [{"round": 0, "kept": len(prunable), "removed": 0, "predicted_risk": 0.0,
              "risk": 0.0, "fidelity": 1.0, "iia": 1.0, "accepted": True}]  # fmt: skip
     if rule == "keep":
@@ -331,6 +387,8 @@ def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, s
         _budget_mode(s, rule, {"budget": budget, "min_fidelity": min_fidelity,
                                "min_iia": min_iia}[rule], rounds or 10, traj)  # fmt: skip
     final = s.measure(s.plan)
+    for _ in range(POLISH):
+        final = _polish(s, final, traj)
     metrics = final.as_dict()
     kept = len(s.candidates())
     metrics.update(prunable=len(prunable), kept=kept,
@@ -377,13 +435,45 @@ def _keep_mode(s: _Search, target: int, rounds: int, step: int | None, traj: lis
         units, plan, pred = s.choose(sc, count=n)
         if not units:
             raise ScmoptError("no unit can be removed without emptying a cut")
+        m = None
+        if step is None and s.targets():  # toward the original's or the plan's values
+            m = s.measure(plan)
+            alt_units, alt, alt_pred = s.choose(s.retarget(sc, "p"), count=n, target="p")
+            if alt_units:
+                m_alt = s.measure(alt)
+                if m_alt.risk < m.risk:
+                    units, plan, pred, m = alt_units, alt, alt_pred, m_alt
         s.plan = plan
         if step is None or len(s.candidates()) == target:
-            m = s.measure(s.plan)
+            m = m or s.measure(s.plan)
             _record(s, traj, r, s.plan, units, pred, m, prev, True)
             prev = m.risk
     if s.progress:
         s.progress("round", r, r)
+
+
+def _polish(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
+    """The last round's removals were fitted before their upstream neighbours went: refit every
+    removed unit under the final plan's statistics; kept only if the held-out risk drops (and,
+    for target rules, the target still holds)."""
+    if not s.plan.removed or cur.risk is None:
+        return cur
+    old = s.plan
+    s.analyse_stats(len(traj) + 100)
+    plan = s.refit_removed()
+    m = s.measure(plan, interventions=True)
+    better = m.risk is not None and m.risk < cur.risk
+    if better and s.rule in ("min_fidelity", "min_iia"):
+        better = _meets(s.rule, s.rule_value, m)
+    traj.append({"round": traj[-1]["round"] + 1, "refit": True,
+                 "kept": len(s.ug.prunable) - len(plan.removed), "removed": 0,
+                 "predicted_risk": None, "risk": m.risk, "fidelity": m.fidelity,
+                 "iia": m.iia, "accepted": better})  # fmt: skip
+    if better:
+        s.plan = plan
+        return m
+    s.plan = old
+    return cur
 
 
 def _meets(rule: str, value: float, m: Metrics) -> bool:
@@ -423,11 +513,12 @@ def _budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[di
         accepted = False
         trace: list[float] = []
         if calibrated:  # the joint model's own budget: half of what is left
-            units, plan, pred = s.choose(sc, budget=0.5 * (value - cur) / cal, trace=trace)
+            units, plan, pred = s.choose(sc, budget=0.5 * (value - cur) / cal, trace=trace,
+                                         target="p")  # fmt: skip
             if not units:
-                units, plan, pred = s.choose(sc, count=1, trace=trace)
+                units, plan, pred = s.choose(sc, count=1, trace=trace, target="p")
         else:
-            units, plan, pred = s.choose(sc, count=n, trace=trace)
+            units, plan, pred = s.choose(sc, count=n, trace=trace, target="p")
         while units:
             m = s.measure(plan, interventions=rule != "min_fidelity")
             ok = _meets(rule, value, m)
@@ -442,7 +533,7 @@ def _budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[di
                 break
             units = units[: len(units) // 2]  # the greedy order's prefix, refitted
             pred = trace[len(units) - 1] if units and trace else float("nan")
-            plan = s.extend(sc, units) if units else plan
+            plan = s.extend(sc, units, "p") if units else plan
         if not accepted:
             break
 

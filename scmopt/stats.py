@@ -107,6 +107,11 @@ class CutStats:
     w_same: float  # weight of the swap at this cut (0 when it is not a site)
     w_up: float  # weight of swaps at ancestor sites
     p: float
+    original: bool = False  # moments hold [plan; original] values (2C channels), see collect
+
+    @property
+    def channels(self) -> int:
+        return self.plain.channels // 2 if self.original else self.plain.channels
 
     def _weights(self) -> tuple[float, float, float]:
         wp, ws, wu = self.w_plain, self.w_same, self.w_up
@@ -114,21 +119,35 @@ class CutStats:
             wp, wu = wp + wu, 0.0
         return wp, ws, wu
 
-    @property
-    def mean(self) -> np.ndarray:
-        """[C, P] per-position means under I (swaps at the cut leave them unchanged)."""
+    def _rows(self, which: str) -> slice:
+        c = self.channels
+        return slice(c, 2 * c) if self.original and which == "o" else slice(0, c)
+
+    def _mean_all(self) -> np.ndarray:
         wp, ws, wu = self._weights()
         mu = (wp + ws) * self.plain.mean
         if wu:
             mu = mu + wu * self.up.mean
         return mu
 
-    def second(self, swapped: int) -> np.ndarray:
+    @property
+    def mean(self) -> np.ndarray:
+        """[C, P] per-position means under I (swaps at the cut leave them unchanged)."""
+        return self._mean_all()[self._rows("p")]
+
+    @property
+    def target_mean(self) -> np.ndarray:
+        """[C, P] means of the ORIGINAL network's values (the plan's without `original`)."""
+        return self._mean_all()[self._rows("o")]
+
+    def second(self, swapped: int, a: str = "p", b: str = "p") -> np.ndarray:
         """E_I[a a^T] pooled, for off-diagonal pairs of which `swapped` (0, 1, 2) units are
-        swapped when this cut is intervened on (diagonal entries: always E[a^2])."""
+        swapped when this cut is intervened on (diagonal entries: always E[a^2]). a, b: rows
+        and columns from the plan's ("p") or the original network's ("o") values."""
         wp, ws, wu = self._weights()
-        s = self.plain.second
-        m = pooled_outer(self.plain.mean)
+        ra, rb = self._rows(a), self._rows(b)
+        s = self.plain.second[ra, rb]
+        m = (self.plain.mean[ra] @ self.plain.mean[rb].T) / self.plain.mean.shape[1]
         p = self.p
         if swapped == 2:
             c2 = (1 - p) ** 2 + p**2
@@ -136,24 +155,33 @@ class CutStats:
         elif swapped == 1:
             same = (1 - p) * s + p * m
         else:
-            same = s
-        np.fill_diagonal(same, np.diag(s))
+            same = s.copy()
+        if a == b:
+            np.fill_diagonal(same, np.diag(s))
         out = wp * s + ws * same
         if wu:
-            out = out + wu * self.up.second
+            out = out + wu * self.up.second[ra, rb]
         return out
 
-    def covariance(self, swapped: int) -> np.ndarray:
+    def covariance(self, swapped: int, a: str = "p", b: str = "p") -> np.ndarray:
         """Within-position covariance under I (the per-position intercepts absorb the means)."""
         cache = self.__dict__.setdefault("_cov", {})
-        if swapped not in cache:
-            cache[swapped] = self.second(swapped) - pooled_outer(self.mean)
-        return cache[swapped]
+        key = (swapped, a, b)
+        if key not in cache:
+            mu = self._mean_all()
+            ma, mb = mu[self._rows(a)], mu[self._rows(b)]
+            cache[key] = self.second(swapped, a, b) - (ma @ mb.T) / mu.shape[1]
+        return cache[key]
 
     @property
     def variance(self) -> np.ndarray:
         """[C] within-position variance under I, pooled over positions."""
         return np.clip(np.diag(self.covariance(0)), 0.0, None)
+
+    @property
+    def target_variance(self) -> np.ndarray:
+        """[C] within-position variance of the original network's values."""
+        return np.clip(np.diag(self.covariance(0, "o", "o")), 0.0, None)
 
     @property
     def positions(self) -> float:
@@ -180,8 +208,15 @@ def collect(
     upstream_fraction: float = 0.5,
     batch_size: int | None = None,
     progress: Progress | None = None,
+    original: bool = False,
 ) -> Stats:
-    """Moments of every site under I with `plan` applied (see module docstring)."""
+    """Moments of every site under I with `plan` applied (see module docstring).
+
+    original: when the plan removes units, also run the original network on the same inputs
+    and interventions and keep joint moments of [plan; original] values, so replacements can
+    be fitted toward the original's values (CutStats.target_mean, covariance(.., "o"))."""
+    original = bool(original and plan is not None and plan.removed)
+    orig_feeds = runner.plan_feeds(None)
     ug = runner.ug
     sites = runner.sites
     g = len(sites)
@@ -193,14 +228,16 @@ def collect(
         pooled = cut.positions is None
         pos = 1 if pooled else cut.positions
         n_up = len(anc[t])
+        ch = 2 * cut.channels if original else cut.channels
         cuts[t] = CutStats(
             t,
-            Moments(cut.channels, pos, pooled),
-            Moments(cut.channels, pos, pooled),
+            Moments(ch, pos, pooled),
+            Moments(ch, pos, pooled),
             w_plain=(1 + g - 1 - n_up) / (g + 1),
             w_same=1 / (g + 1),
             w_up=n_up / (g + 1),
             p=p,
+            original=original,
         )
     n = len(next(iter(data.values())))
     batches = split_batches(n, batch_size or runner.batch_size)
@@ -218,6 +255,9 @@ def collect(
         f = f.reshape(f.shape[0], -1).astype(np.float64)
         fsum = f.sum(0) if fsum is None else fsum + f.sum(0)
         fsq += float(np.sum(f * f))
+        if original:
+            _, ocaps = runner.run(x, orig_feeds, capture=True)
+            caps = {t: np.concatenate([caps[t], ocaps[t]], axis=1) for t in sites}
         for t in sites:
             cuts[t].plain.add(caps[t])
         done += 1
@@ -234,6 +274,9 @@ def collect(
             u = brng.random((nb, ug.cuts[t].channels))
             masks[t] = (u < p) & keep[t][None, :] & (which == k)[:, None]
         _, caps = runner.run(x, pf, masks, src, capture=True)
+        if original:
+            _, ocaps = runner.run(x, orig_feeds, masks, src, capture=True)
+            caps = {t: np.concatenate([caps[t], ocaps[t]], axis=1) for t in sites}
         for t in sites:
             rows = np.isin(which, [sites.index(h) for h in anc[t]])
             if rows.any():

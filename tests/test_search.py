@@ -107,3 +107,15 @@ def test_greedy_brute_force_baseline_on_a_tiny_model():
     res = greedy_search(ug, inputs(48), keep=0.5, device="cpu")
     assert res.metrics["kept"] == round(0.5 * len(ug.prunable))
     res.plan.validate(ug)
+
+
+def test_final_refit_never_raises_held_out_risk(mlp):
+    """Keep mode fits new removals toward the original's or the plan's values (the better on
+    held-out data) and refits every removed unit at the end only when that lowers the risk."""
+    ug, data = mlp
+    res = search(ug, data, keep=0.3, seed=1, device="cpu", curvature_samples=16)
+    rounds = [r for r in res.trajectory if not r.get("refit")]
+    refits = [r for r in res.trajectory if r.get("refit")]
+    assert len(refits) == 1 and refits[0]["kept"] == rounds[-1]["kept"]
+    assert res.metrics["risk"] <= rounds[-1]["risk"] + 1e-12
+    assert res.metrics["risk"] == pytest.approx(min(rounds[-1]["risk"], refits[0]["risk"]))

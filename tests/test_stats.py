@@ -84,3 +84,34 @@ def test_collect_plain_moments_and_weights():
         if anc[t]:
             assert cs.up.n > 0  # swaps upstream were sampled
     assert st.out_variance > 0
+
+
+def test_collect_original_values_under_a_plan():
+    """With original=True the target moments are the original network's, the predictor
+    moments the plan's, measured on the same inputs and interventions."""
+    ug = analyze(graph.load(model_path("cnn_digits")))
+    data = {k: v[:96] for k, v in load_split("cnn_digits").items() if k != "y"}
+    runner = Runner(ug, data, device="cpu", batch_size=32)
+    first = sites(ug)[0]
+    unit = ug.cuts[first].units[0]
+    from scmopt.plan import Plan
+
+    plan = Plan().set_constant(unit, {t: 0.0 for t in ug.units[unit].cuts})
+    orig = collect(runner, data, None, p=0.5, seed=0, upstream_fraction=0.0)
+    both = collect(runner, data, plan, p=0.5, seed=0, upstream_fraction=0.0, original=True)
+    only = collect(runner, data, plan, p=0.5, seed=0, upstream_fraction=0.0)
+    assert not collect(runner, data, None, original=True).cuts[first].original  # no plan
+    for t in orig.cuts:
+        cs = both.cuts[t]
+        assert cs.original and cs.channels == ug.cuts[t].channels
+        np.testing.assert_allclose(cs.target_mean, orig.cuts[t].mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(cs.mean, only.cuts[t].mean, rtol=1e-5, atol=1e-6)
+        for sw in (0, 1, 2):
+            np.testing.assert_allclose(cs.covariance(sw, "o", "o"), orig.cuts[t].covariance(sw),
+                                       rtol=1e-4, atol=1e-6)  # fmt: skip
+            np.testing.assert_allclose(cs.covariance(sw), only.cuts[t].covariance(sw),
+                                       rtol=1e-4, atol=1e-6)  # fmt: skip
+    c = both.cuts[first].channels
+    assert both.cuts[first].target_mean[0].mean() != pytest.approx(0.0)
+    assert both.cuts[first].mean[0] == pytest.approx(np.zeros_like(both.cuts[first].mean[0]))
+    assert both.cuts[first].covariance(1, "p", "o").shape == (c, c)
