@@ -14,7 +14,8 @@ original's values and once toward the current plan's, and keeps the plan with th
 held-out risk (neither wins everywhere: the original's values help the residual network, the
 plan's the plain CNN). After the last round every removed unit is refitted toward the
 original's values under the final plan (the last round's removals were fitted before their
-upstream neighbours went); that refit is kept only if the held-out risk drops. Budget rules fit
+upstream neighbours went); that refit is kept only if the held-out risk drops, and repeated (at
+most 3 times) while it does. Budget rules fit
 toward the plan's values and get the same final refit.
 
 Constants and folds are fitted on the fit split only; every reported metric is measured on the
@@ -44,7 +45,8 @@ from scmopt.units import UnitGraph
 Progress = Callable[[str, int, int], None]
 TOWARD_ORIGINAL = True  # fit replacements toward the original network's values (stats.collect)
 TRY_TARGETS = True  # keep mode: new removals fitted toward original / plan values, best held-out
-POLISH = 1  # refits of every removed unit after the last round (kept if held-out risk drops)
+POLISH = 3  # max refits of every removed unit after the last round (each kept if held-out risk
+#            drops; stops at the first that does not)
 
 
 @dataclass
@@ -388,7 +390,10 @@ def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, s
                                "min_iia": min_iia}[rule], rounds or 10, traj)  # fmt: skip
     final = s.measure(s.plan)
     for _ in range(POLISH):
+        before = final
         final = _polish(s, final, traj)
+        if final is before:  # rejected: a further refit would start from the same plan
+            break
     metrics = final.as_dict()
     kept = len(s.candidates())
     metrics.update(prunable=len(prunable), kept=kept,
