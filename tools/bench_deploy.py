@@ -16,8 +16,7 @@ An extra variant, "scmopt aligned<k>" (--align, default 16 = AVX-512 float block
 highest-scoring removed units of every convolutional cut until its kept count is a multiple of
 k (the plan's other replacements unchanged), compiled by scmopt.compile: it shows how much of the
 latency gap comes from the layout constraint.
-Writes benchmarks/deploy.{json,csv} and the models to benchmarks/deploy_models/ (not committed;
-add --no-save to skip).
+Writes benchmarks/deploy.{json,csv}; with --save also the models, to benchmarks/deploy_models/.
 """
 
 from __future__ import annotations

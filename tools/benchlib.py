@@ -308,7 +308,9 @@ def latency_ms(
 ) -> dict[str, dict]:
     """Median onnxruntime CPU latency per model, runs interleaved across models in `rounds`
     so that load changes on a shared machine hit every model alike."""
-    x = {k: np.ascontiguousarray(v[:batch]) for k, v in feeds.items()}
+    n = len(next(iter(feeds.values())))
+    reps = -(-batch // n)  # the test split may be smaller than the batch: repeat it
+    x = {k: np.ascontiguousarray(np.concatenate([v] * reps)[:batch]) for k, v in feeds.items()}
     sess = {k: session(m, threads, level) for k, m in models.items()}
     for s in sess.values():
         for _ in range(5):
