@@ -66,20 +66,38 @@ def quality(doc) -> str:
     rows = doc["rows"]
     ratios = doc["meta"]["ratios"]
     parts = [machine_block(doc)]
-    for title, key in (("Fidelity (top-1 agreement with the original, test split)",
-                        "test_agreement"),
-                       ("IIA (interchange-intervention accuracy, test split)", "test_iia"),
-                       ("Normalised interventional risk (test split; lower is better)",
-                        "test_risk"),
-                       ("Test accuracy of the compiled model", "test_accuracy")):  # fmt: skip
-        parts.append(f"**{title}**, by keep ratio (fraction of prunable units kept)\n")
-        parts.append(pivot(rows, "keep", key, ratios))
+    parts.append("**Fidelity / IIA** on the test split (top-1 agreement with the original on plain "
+                 "inputs / interchange-intervention accuracy), by keep ratio (fraction of "
+                 "prunable units kept)\n")
+    parts.append(pivot(rows, "keep", lambda r: f"{f3(r['test_agreement'])} / {f3(r['test_iia'])}",
+                       ratios))
+    parts.append("**Normalised interventional risk / test accuracy** of the compiled model "
+                 "(risk: lower is better)\n")
+    parts.append(pivot(rows, "keep", lambda r: f"{f3(r['test_risk'])} / {f3(r['test_accuracy'])}",
+                       ratios))
     units = [r for r in rows if r["method"] == "curvature+fold" and "error" not in r]
     parts.append("**Units kept** (scmopt count, frozen included) and test accuracy of the "
                  "original\n")  # fmt: skip
     parts.append(pivot(units, "keep", lambda r: f"{r['units_total']}/{r['units_before']}",
                        ratios, row_keys=("model",)))  # fmt: skip
     parts.append(wins(rows, ratios))
+    t = load("quality_targets")
+    if t:
+        parts.append("**Stopped by a quality target** instead of a keep ratio (the target is "
+                     "checked by the search on its held-out part of the calibration split; the "
+                     "numbers here are on the test split)\n")
+        out = ["| model | rule | method | units kept | fewer units | fid. | IIA | risk | acc. | "
+               "s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in t["rows"]:
+            if "error" in r:
+                out.append(f"| {r['model']} | {r['rule']} | {r['method']} | error: "
+                           f"{r['error'][:80]} | | | | | | |")
+                continue
+            out.append(f"| {r['model']} | {r['rule']} | {r['method']} | {r['units_total']}/"
+                       f"{r['units_before']} | {r['unit_reduction'] * 100:.0f}% | "
+                       f"{f3(r['test_agreement'])} | {f3(r['test_iia'])} | {f3(r['test_risk'])} "
+                       f"| {f3(r['test_accuracy'])} | {r['seconds']:.1f} |")  # fmt: skip
+        parts.append("\n".join(out))
     return "\n\n".join(parts)
 
 
@@ -217,15 +235,39 @@ def peer_wins(rows, ratios) -> str:
 def causal(doc) -> str:
     rows = doc["rows"]
     al = doc["meta"].get("alignment", {})
-    out = [machine_block(doc), "Alignment (calibration split): " + "; ".join(
-        f"`{t}`: {v['v1']} units v1, {v['v2']} v2, {v['none']} none" for t, v in al.items()),
-        "", "| method | units | fid. | IIA vs original | cut | V | aligned kept | IIA high-level "
-        "| IIA informative |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    cuts = list(al)
+    cols = [(cuts[0], "v1"), (cuts[0], "v2"), (cuts[0], "v1+v2")] + [(c, "v1+v2") for c in cuts[1:]]
+    by: dict = defaultdict(dict)
+    order = []
     for r in rows:
-        out.append(f"| {r['method']} | {r['units']} | {f3(r['test_agreement'])} | "
-                   f"{f3(r['iia_vs_original'])} | `{r['cut']}` | {r['variables']} | "
-                   f"{r['aligned_kept']}/{r['aligned_units']} | {f3(r['iia_high_level'])} | "
-                   f"{f3(r['iia_high_level_informative'])} |")  # fmt: skip
+        if r["method"] not in by:
+            order.append(r["method"])
+        by[r["method"]][(r["cut"], r["variables"])] = r
+    out = [machine_block(doc), "Alignment (calibration split): " + "; ".join(
+        f"`{t}` (hidden layer {i + 1}): {v['v1']} units v1, {v['v2']} v2, {v['none']} none"
+        for i, (t, v) in enumerate(al.items())),
+        "", "Cells: IIA against the high-level counterfactual on all test pairs / on the "
+        "informative pairs only (aligned units kept/aligned).", "",
+        "| method | units | fid. | IIA vs original | "
+        + " | ".join(f"layer {cuts.index(c) + 1}, {v}" for c, v in cols) + " |",
+        "|" + "---|" * (4 + len(cols))]  # fmt: skip
+    for m in order:
+        d = by[m]
+        first = next(iter(d.values()))
+        cells = []
+        for key in cols:
+            r = d.get(key)
+            cells.append("" if r is None else
+                         f"{f3(r['iia_high_level'])} / {f3(r['iia_high_level_informative'])} "
+                         f"({r['aligned_kept']}/{r['aligned_units']})")  # fmt: skip
+        out.append(f"| {m} | {first['units']} | {f3(first['test_agreement'])} | "
+                   f"{f3(first['iia_vs_original'])} | " + " | ".join(cells) + " |")
+    singles = [(c, v) for c in cuts[1:] for v in ("v1", "v2")]
+    if singles:
+        out.append("\nSingle variables at the later layers (original): " + "; ".join(
+            f"layer {cuts.index(c) + 1} {v}: {f3(by['original'][(c, v)]['iia_high_level'])} / "
+            f"{f3(by['original'][(c, v)]['iia_high_level_informative'])}"
+            for c, v in singles if (c, v) in by.get("original", {})))
     return "\n".join(out)
 
 
