@@ -111,7 +111,7 @@ def main() -> None:
         row: dict = {"model": name, "min_fidelity": args.min_fidelity}
         for label, crit in (("scmopt", "curvature"), ("ablation", "ablation")):
             secs, analysis = [], []
-            for rep in range(args.repeats):
+            for _rep in range(args.repeats):
                 res, s, kept = B.run_scmopt(path, calib, min_fidelity=args.min_fidelity,
                                             criterion=crit, seed=args.seed)  # fmt: skip
                 secs.append(s)

@@ -66,15 +66,21 @@ def quality(doc) -> str:
     rows = doc["rows"]
     ratios = doc["meta"]["ratios"]
     parts = [machine_block(doc)]
-    parts.append("**Fidelity / IIA** on the test split (top-1 agreement with the original on plain "
-                 "inputs / interchange-intervention accuracy), by keep ratio (fraction of "
-                 "prunable units kept)\n")
-    parts.append(pivot(rows, "keep", lambda r: f"{f3(r['test_agreement'])} / {f3(r['test_iia'])}",
-                       ratios))
-    parts.append("**Normalised interventional risk / test accuracy** of the compiled model "
-                 "(risk: lower is better)\n")
-    parts.append(pivot(rows, "keep", lambda r: f"{f3(r['test_risk'])} / {f3(r['test_accuracy'])}",
-                       ratios))
+    parts.append(
+        "**Fidelity / IIA** on the test split (top-1 agreement with the original on plain "
+        "inputs / interchange-intervention accuracy), by keep ratio (fraction of "
+        "prunable units kept)\n"
+    )
+    parts.append(
+        pivot(rows, "keep", lambda r: f"{f3(r['test_agreement'])} / {f3(r['test_iia'])}", ratios)
+    )
+    parts.append(
+        "**Normalised interventional risk / test accuracy** of the compiled model "
+        "(risk: lower is better)\n"
+    )
+    parts.append(
+        pivot(rows, "keep", lambda r: f"{f3(r['test_risk'])} / {f3(r['test_accuracy'])}", ratios)
+    )
     units = [r for r in rows if r["method"] == "curvature+fold" and "error" not in r]
     parts.append("**Units kept** (scmopt count, frozen included) and test accuracy of the "
                  "original\n")  # fmt: skip
@@ -83,15 +89,21 @@ def quality(doc) -> str:
     parts.append(wins(rows, ratios))
     t = load("quality_targets")
     if t:
-        parts.append("**Stopped by a quality target** instead of a keep ratio (the target is "
-                     "checked by the search on its held-out part of the calibration split; the "
-                     "numbers here are on the test split)\n")
-        out = ["| model | rule | method | units kept | fewer units | fid. | IIA | risk | acc. | "
-               "s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        parts.append(
+            "**Stopped by a quality target** instead of a keep ratio (the target is "
+            "checked by the search on its held-out part of the calibration split; the "
+            "numbers here are on the test split)\n"
+        )
+        out = [
+            "| model | rule | method | units kept | fewer units | fid. | IIA | risk | acc. | s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in t["rows"]:
             if "error" in r:
-                out.append(f"| {r['model']} | {r['rule']} | {r['method']} | error: "
-                           f"{r['error'][:80]} | | | | | | |")
+                out.append(
+                    f"| {r['model']} | {r['rule']} | {r['method']} | error: "
+                    f"{r['error'][:80]} | | | | | | |"
+                )
                 continue
             out.append(f"| {r['model']} | {r['rule']} | {r['method']} | {r['units_total']}/"
                        f"{r['units_before']} | {r['unit_reduction'] * 100:.0f}% | "
@@ -139,8 +151,13 @@ def curvature(doc) -> str:
                    f"{kpc} |")  # fmt: skip
     errs = [r for r in doc["rows"] if "error" in r]
     if errs:
-        out.append("\nErrors: " + "; ".join(f"{r['model']} s={r['scale']:g} {r['method']} "
-                                             f"keep {r['keep']}: {r['error']}" for r in errs))
+        out.append(
+            "\nErrors: "
+            + "; ".join(
+                f"{r['model']} s={r['scale']:g} {r['method']} keep {r['keep']}: {r['error']}"
+                for r in errs
+            )
+        )
     return "\n".join(out)
 
 
@@ -152,9 +169,16 @@ def speed(doc) -> str:
            "greedy |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         g = r.get("greedy_s")
-        gs = "–" if g is None else (f"{g:.0f} (extrapolated from {r['greedy_rounds_done']} of "
-                                    f"{r['greedy_rounds_needed']} rounds)"
-                                    if r.get("greedy_extrapolated") else f"{g:.1f}")
+        gs = (
+            "–"
+            if g is None
+            else (
+                f"{g:.0f} (extrapolated from {r['greedy_rounds_done']} of "
+                f"{r['greedy_rounds_needed']} rounds)"
+                if r.get("greedy_extrapolated")
+                else f"{g:.1f}"
+            )
+        )
         out.append(
             f"| {r['model']} | {r['scmopt_s']:.1f} ({r['scmopt_analysis_s']:.1f}) | "
             f"{r['scmopt_units']} | {f3(r['scmopt_test_agreement'])} | {r['ablation_s']:.1f} "
@@ -170,8 +194,11 @@ def deploy(doc) -> str:
     levels = doc["meta"].get("levels", ["all"])
     batches = doc["meta"].get("batches", [1, 64])
     lat_cols = [(lv, b) for lv in levels for b in batches]
-    head = ("| model | variant | units | params | FLOPs | FLOP red. | fid. test | "
-            + " | ".join(f"{lv} b{b} ms (speed-up)" for lv, b in lat_cols) + " |")
+    head = (
+        "| model | variant | units | params | FLOPs | FLOP red. | fid. test | "
+        + " | ".join(f"{lv} b{b} ms (speed-up)" for lv, b in lat_cols)
+        + " |"
+    )
     out = [machine_block(doc), head, "|" + "---|" * (7 + len(lat_cols))]
     for r in rows:
         lat = " | ".join(f"{r[f'{lv}_b{b}_ms']:.4f} ({r[f'{lv}_b{b}_speedup']:.2f}x)"
@@ -185,8 +212,11 @@ def deploy(doc) -> str:
     for r in rows:
         if "scmopt" not in r["variant"]:
             continue
-        out.append(f"| {r['model']} | {r['variant']} | " + " | ".join(
-            f"{r[f'{lv}_b{b}_speedup_over_flop_reduction']:.2f}" for lv, b in lat_cols) + " |")
+        out.append(
+            f"| {r['model']} | {r['variant']} | "
+            + " | ".join(f"{r[f'{lv}_b{b}_speedup_over_flop_reduction']:.2f}" for lv, b in lat_cols)
+            + " |"
+        )
     return "\n".join(out)
 
 
@@ -199,13 +229,19 @@ def peers(doc) -> str:
         return (f"{f3(r['test_agreement'])} / {f3(r['test_iia'])} / {f3(r['test_accuracy'])} "
                 f"({r['units_total']}{mark})")  # fmt: skip
 
-    parts = [machine_block(doc), "Cells: fidelity / IIA / accuracy on the test split (units "
-             "kept; * = the peer cannot reach the target count, closest count shown).\n"]
+    parts = [
+        machine_block(doc),
+        "Cells: fidelity / IIA / accuracy on the test split (units "
+        "kept; * = the peer cannot reach the target count, closest count shown).\n",
+    ]
     for model in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == model]
         targets = {r["keep"]: r["target_units"] for r in sub}
-        parts.append(f"**{model}** (target units: "
-                     + ", ".join(f"keep {k} -> {v}" for k, v in targets.items()) + ")\n")
+        parts.append(
+            f"**{model}** (target units: "
+            + ", ".join(f"keep {k} -> {v}" for k, v in targets.items())
+            + ")\n"
+        )
         parts.append(pivot(sub, "keep", cell, ratios, row_keys=("method",)))
     parts.append(peer_wins(rows, ratios))
     return "\n\n".join(parts)
@@ -260,14 +296,21 @@ def causal(doc) -> str:
             cells.append("" if r is None else
                          f"{f3(r['iia_high_level'])} / {f3(r['iia_high_level_informative'])} "
                          f"({r['aligned_kept']}/{r['aligned_units']})")  # fmt: skip
-        out.append(f"| {m} | {first['units']} | {f3(first['test_agreement'])} | "
-                   f"{f3(first['iia_vs_original'])} | " + " | ".join(cells) + " |")
+        out.append(
+            f"| {m} | {first['units']} | {f3(first['test_agreement'])} | "
+            f"{f3(first['iia_vs_original'])} | " + " | ".join(cells) + " |"
+        )
     singles = [(c, v) for c in cuts[1:] for v in ("v1", "v2")]
     if singles:
-        out.append("\nSingle variables at the later layers (original): " + "; ".join(
-            f"layer {cuts.index(c) + 1} {v}: {f3(by['original'][(c, v)]['iia_high_level'])} / "
-            f"{f3(by['original'][(c, v)]['iia_high_level_informative'])}"
-            for c, v in singles if (c, v) in by.get("original", {})))
+        out.append(
+            "\nSingle variables at the later layers (original): "
+            + "; ".join(
+                f"layer {cuts.index(c) + 1} {v}: {f3(by['original'][(c, v)]['iia_high_level'])} / "
+                f"{f3(by['original'][(c, v)]['iia_high_level_informative'])}"
+                for c, v in singles
+                if (c, v) in by.get("original", {})
+            )
+        )
     return "\n".join(out)
 
 
@@ -308,8 +351,10 @@ def summary(_doc=None) -> str:
             ok &= good
             cells.append(f"{r['model']}: {r['unit_reduction'] * 100:.0f}% fewer units, IIA "
                          f"{f3(r['test_iia'])} test / {f3(r['calib_iia'])} calib")  # fmt: skip
-        out.append(f"| >= 70% fewer units at >= 95% IIA on every zoo CNN (`min_iia 0.95`) | "
-                   f"{'; '.join(cells)} | {'yes' if ok and cells else 'no'} |")
+        out.append(
+            f"| >= 70% fewer units at >= 95% IIA on every zoo CNN (`min_iia 0.95`) | "
+            f"{'; '.join(cells)} | {'yes' if ok and cells else 'no'} |"
+        )
     q = load("quality")
     if q:
         by = defaultdict(dict)
@@ -324,20 +369,25 @@ def summary(_doc=None) -> str:
                 continue
             n += 1
             others = [m for m in d if m != "curvature+fold"]
-            a_classic += all(me["test_agreement"] >= d[m]["test_agreement"]
-                             for m in others if m in classic)
+            a_classic += all(
+                me["test_agreement"] >= d[m]["test_agreement"] for m in others if m in classic
+            )
             a_all += all(me["test_agreement"] >= d[m]["test_agreement"] for m in others)
-        out.append(f"| curvature+fold ahead of every baseline at every ratio (test fidelity) | "
-                   f"ahead of the classic criteria (curvature w/o fold, layer, variance, "
-                   f"magnitude, random) in {a_classic}/{n} model x ratio cells; also ahead of "
-                   f"layer+fold and variance+fold in {a_all}/{n} | "
-                   f"{'yes' if a_all == n else ('classic only' if a_classic == n else 'no')} |")
+        out.append(
+            f"| curvature+fold ahead of every baseline at every ratio (test fidelity) | "
+            f"ahead of the classic criteria (curvature w/o fold, layer, variance, "
+            f"magnitude, random) in {a_classic}/{n} model x ratio cells; also ahead of "
+            f"layer+fold and variance+fold in {a_all}/{n} | "
+            f"{'yes' if a_all == n else ('classic only' if a_classic == n else 'no')} |"
+        )
     sp = load("speed")
     if sp:
         cells = [f"{r['model']} {r['speedup_vs_ablation']:.1f}x" for r in sp["rows"]]
         ok = all(r["speedup_vs_ablation"] >= 20 for r in sp["rows"])
-        out.append(f"| >= 20x faster than exhaustive ablation (analysis time, same rule) | "
-                   f"{', '.join(cells)} | {'yes' if ok else 'no'} |")
+        out.append(
+            f"| >= 20x faster than exhaustive ablation (analysis time, same rule) | "
+            f"{', '.join(cells)} | {'yes' if ok else 'no'} |"
+        )
     de = load("deploy")
     if de:
         cells, ok = [], True
@@ -345,22 +395,28 @@ def summary(_doc=None) -> str:
             if r["variant"] != "scmopt":
                 continue
             v = r.get("all_b64_speedup_over_flop_reduction")
-            cells.append(f"{r['model']} {v:.2f} (b64), "
-                         f"{r.get('all_b1_speedup_over_flop_reduction', float('nan')):.2f} (b1)")
+            cells.append(
+                f"{r['model']} {v:.2f} (b64), "
+                f"{r.get('all_b1_speedup_over_flop_reduction', float('nan')):.2f} (b1)"
+            )
             ok &= v >= 0.8
-        out.append(f"| compiled latency gain >= 0.8x the FLOP reduction (ORT default level) | "
-                   f"{'; '.join(cells)} | {'yes' if ok else 'no'} |")
+        out.append(
+            f"| compiled latency gain >= 0.8x the FLOP reduction (ORT default level) | "
+            f"{'; '.join(cells)} | {'yes' if ok else 'no'} |"
+        )
     sc = load("scaling")
     if sc and sc["meta"].get("fit_time_vs_samples"):
         f = sc["meta"]["fit_time_vs_samples"]
-        out.append(f"| cost linear in samples | analysis time vs samples: R^2 {f['r2']:.3f}, "
-                   f"log-log slope {f['loglog_slope']:.2f} (1 = linear, 0 = flat) | "
-                   f"{'yes' if f['loglog_slope'] <= 1.1 else 'no'} |")
+        out.append(
+            f"| cost linear in samples | analysis time vs samples: R^2 {f['r2']:.3f}, "
+            f"log-log slope {f['loglog_slope']:.2f} (1 = linear, 0 = flat) | "
+            f"{'yes' if f['loglog_slope'] <= 1.1 else 'no'} |"
+        )
     return "\n".join(out)
 
 
-SECTIONS = {"summary": summary, "quality": quality, "curvature": curvature, "speed": speed, "deploy": deploy,
-            "peers": peers, "causal": causal, "scaling": scaling}  # fmt: skip
+SECTIONS = {"summary": summary, "quality": quality, "curvature": curvature, "speed": speed,
+            "deploy": deploy, "peers": peers, "causal": causal, "scaling": scaling}  # fmt: skip
 
 
 def main() -> None:

@@ -151,7 +151,9 @@ def kept_positions_by_bias(ug: UnitGraph, candidate: onnx.ModelProto) -> dict[st
                 raise ValueError(f"cannot map channel {j} of {node}: {len(hit)} bias matches")
             prev = to_orig.setdefault(clay[j], lay[int(hit[0])])
             if prev != lay[int(hit[0])]:
-                raise ValueError(f"inconsistent channel map for {clay[j]} ({prev} vs {lay[hit[0]]})")
+                raise ValueError(
+                    f"inconsistent channel map for {clay[j]} ({prev} vs {lay[hit[0]]})"
+                )
     result: dict[str, np.ndarray] = {}
     for t, cut in ug.cuts.items():
         ccut = cand_ug.cuts.get(t)
@@ -191,14 +193,14 @@ def session(model: onnx.ModelProto, threads: int = 1, level: str = "all") -> ort
     }[level]
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(
-        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def run(model_or_sess, feeds: dict[str, np.ndarray], batch: int = 512) -> np.ndarray:
-    sess = model_or_sess if isinstance(model_or_sess, ort.InferenceSession) else session(
-        model_or_sess, threads=2
+    sess = (
+        model_or_sess
+        if isinstance(model_or_sess, ort.InferenceSession)
+        else session(model_or_sess, threads=2)
     )
     n = len(next(iter(feeds.values())))
     outs = []

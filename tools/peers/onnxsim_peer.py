@@ -69,7 +69,9 @@ def compensate(
         if how == "bias":
             from onnxsim.bias_correction import correct_bias
 
-            return correct_bias(copy.deepcopy(original), copy.deepcopy(pruned), calibration_data=calib)
+            return correct_bias(
+                copy.deepcopy(original), copy.deepcopy(pruned), calibration_data=calib
+            )
     raise ValueError(how)
 
 
