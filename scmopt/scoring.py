@@ -237,6 +237,7 @@ def select(
     allowed: Callable[[str, list[str]], bool] = lambda u, chosen: True,
     trace: list[float] | None = None,
     target: str = "o",
+    leaning: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> tuple[list[str], dict[str, dict[str, Fit]], float]:
     """Greedy removal in the second-order model, one unit at a time: the cost of removing j
     after the set R is its own risk, plus the cross terms 2 sum_i K_ij E[d_i d_j] with the
@@ -256,10 +257,20 @@ def select(
     def preds(u: str) -> set[str]:
         return {k for f in cur[u].values() for k in f.pred}
 
-    def kmat(t: str, ch: list[int]) -> np.ndarray:
-        if coupling is None:
-            return np.diag(sc.kappa[t][ch])
-        return coupling[t][np.ix_(ch, ch)]
+    def kmat(t: str, units: list[str], fits: dict[str, dict[str, Fit]]) -> np.ndarray:
+        ch = [fits[u][t].channels[0] for u in units]
+        lean = (leaning or {}).get(t, {})
+        if not any(u in lean for u in units):
+            if coupling is None:
+                return np.diag(sc.kappa[t][ch])
+            return coupling[t][np.ix_(ch, ch)]
+        full = np.diag(sc.kappa[t]) if coupling is None else coupling[t]
+        e = np.zeros((len(full), len(units)))
+        for j, (u, c) in enumerate(zip(units, ch, strict=True)):
+            e[c, j] = 1.0
+            if u in lean:
+                e[:, j] += lean[u]
+        return e.T @ np.nan_to_num(full) @ e
 
     def joint(t: str, units: list[str], fits: dict[str, dict[str, Fit]]) -> float:
         """Second-order risk of removing `units` together at cut t."""
@@ -267,7 +278,7 @@ def select(
         if not units:
             return 0.0
         d = residual_cov(stats.cuts[t], [fits[u][t] for u in units], fold, target)
-        k = kmat(t, [fits[u][t].channels[0] for u in units])
+        k = kmat(t, units, fits)
         return stats.cuts[t].positions * float(np.sum(k * d)) / out_var
 
     base_joint = {t: 0.0 for t in stats.cuts}
@@ -287,7 +298,7 @@ def select(
             if not any(u in live for u in units):
                 continue
             d = residual_cov(stats.cuts[t], [cur[u][t] for u in units], fold, target)
-            k = kmat(t, [cur[u][t].channels[0] for u in units])
+            k = kmat(t, units, cur)
             r_idx = [i for i, u in enumerate(units) if u not in live]
             scale = stats.cuts[t].positions / out_var
             for i, u in enumerate(units):

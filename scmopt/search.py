@@ -261,8 +261,23 @@ class _Search:
             kept,
             fold=self.fold, out_var=self.out_var, coupling=coupling, count=count,
             budget=budget, allowed=self.allowed, trace=trace, target=target,
+            leaning=self.leaning(),
         )  # fmt: skip
         return units, self._build(sc, units, fits), pred
+
+    def leaning(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per cut and kept unit: the coefficients of the plan's folds on it, per channel."""
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for uid, act in self.plan.actions.items():
+            if act.kind != "folded":
+                continue
+            for t, rep in act.at.items():
+                cut = self.ug.cuts[t]
+                ch = [i for i, v in enumerate(cut.units) if v == uid]
+                for k, a in rep.coef.items():
+                    vec = out.setdefault(t, {}).setdefault(k, np.zeros(len(cut.units)))
+                    vec[ch] += a
+        return out
 
     def _build(self, sc: Scores, units: list[str], fits: dict[str, dict[str, Fit]]) -> Plan:
         plan = copy.deepcopy(self.plan)

@@ -115,3 +115,31 @@ def test_dead_units_in_the_probe_band_do_not_zero_the_screen():
     sc = scorer.score(st, Plan(), runner.plan_feeds(None), cand, "curvature",
                       focus=lambda pre: dead + [ug.cuts[t].units[live[0]]])  # fmt: skip
     assert np.all(sc.kappa[t][live] > 0)
+
+
+def test_earlier_folds_leaning_on_a_unit_raise_its_removal_cost(mlp):
+    """A unit that folds of earlier rounds lean on (coefficient a from channel o) costs
+    d_u^2 (kappa_u + a^2 kappa_o), not kappa_u d_u^2: its residual reaches those folds too."""
+    ug, runner, scorer, st, _ = mlp
+    cand = sorted(ug.prunable)
+    sc = scorer.score(st, Plan(), runner.plan_feeds(None), cand, "variance", fold=True)
+    kept = set(ug.units)
+    live = sorted((v for v in cand if sc.risk[v] > 0), key=lambda v: (sc.risk[v], v))
+    u = live[len(live) // 2]
+    t = next(iter(sc.fits[u]))
+    ch = sc.fits[u][t].channels[0]
+    other = (ch + 1) % len(ug.cuts[t].units)
+
+    def cost(leaning):
+        units, _, pred = select(sc, st, lambda k, tt: scorer.fits(st, k, tt, True), kept,
+                                fold=True, out_var=st.out_variance, count=1,
+                                allowed=lambda v, chosen: v == u, leaning=leaning)  # fmt: skip
+        assert units == [u]
+        return pred
+
+    lean = np.zeros(len(ug.cuts[t].units))
+    lean[other] = 3.0
+    plain, leaned = cost(None), cost({t: {u: lean}})
+    k = sc.kappa[t]
+    assert plain > 0
+    assert leaned == pytest.approx(plain * (k[ch] + 9.0 * k[other]) / k[ch], rel=1e-9)
