@@ -151,9 +151,11 @@ def main() -> None:
                  "iia_vs_original": ev["iia"]}  # fmt: skip
         new = causal_rows(label, ug, model, kept, cuts, align, x, src, y_cf, yte, extra)
         for r in new:
-            B.log(f"{label:32s} units {ev['units']:3d} {r['cut']:18s} {r['variables']:6s} "
-                  f"aligned {r['aligned_kept']:2d}/{r['aligned_units']:2d} IIA "
-                  f"{r['iia_high_level']:.3f} informative {r['iia_high_level_informative']:.3f}")
+            B.log(
+                f"{label:32s} units {ev['units']:3d} {r['cut']:18s} {r['variables']:6s} "
+                f"aligned {r['aligned_kept']:2d}/{r['aligned_units']:2d} IIA "
+                f"{r['iia_high_level']:.3f} informative {r['iia_high_level_informative']:.3f}"
+            )
         rows.extend(new)
 
     full = {t: np.arange(ug.cuts[t].channels) for t in cuts}
@@ -164,13 +166,18 @@ def main() -> None:
     for label, kw, keep in settings:
         if "scmopt" in args.methods:
             res, _, kept = B.run_scmopt(str(B.model_path(NAME)), calib_path, seed=args.seed, **kw)
-            add(label.replace("scmopt", "scmopt curvature+fold"), res.model, kept,
-                {"keep": keep})
+            add(label.replace("scmopt", "scmopt curvature+fold"), res.model, kept, {"keep": keep})
         if keep is None:
             continue
         if "variance" in args.methods:
-            res, _, kept = B.run_scmopt(str(B.model_path(NAME)), calib_path, seed=args.seed,
-                                        criterion="variance", fold=False, keep=keep)
+            res, _, kept = B.run_scmopt(
+                str(B.model_path(NAME)),
+                calib_path,
+                seed=args.seed,
+                criterion="variance",
+                fold=False,
+                keep=keep,
+            )
             add(f"scmopt variance keep {keep}", res.model, kept, {"keep": keep})
         target = B.target_units(ug, keep)
         if "tp" in args.methods:
@@ -179,16 +186,32 @@ def main() -> None:
 
             pr = T.to_units(TZ.trained(NAME), calib["input"], target, "magnitude", False,
                             TZ.FINAL_LAYER[NAME])  # fmt: skip
-            add(f"torch-pruning magnitude keep {keep}", pr.model,
-                B.kept_positions_by_bias(ug, pr.model), {"keep": keep})
+            add(
+                f"torch-pruning magnitude keep {keep}",
+                pr.model,
+                B.kept_positions_by_bias(ug, pr.model),
+                {"keep": keep},
+            )
         if "onnxsim" in args.methods:
             from peers import onnxsim_peer as O
 
             pr = O.to_units(original, target, "l2", False, [{"input": calib["input"]}])
-            add(f"onnxsim l2 keep {keep}", pr.model, B.kept_positions_by_bias(ug, pr.model),
-                {"keep": keep})
-    B.write_results(args.name, rows, {**vars(args), "alignment": {
-        t: {v: int(np.sum(align[t] == v)) for v in ("v1", "v2", "none")} for t in cuts}})
+            add(
+                f"onnxsim l2 keep {keep}",
+                pr.model,
+                B.kept_positions_by_bias(ug, pr.model),
+                {"keep": keep},
+            )
+    B.write_results(
+        args.name,
+        rows,
+        {
+            **vars(args),
+            "alignment": {
+                t: {v: int(np.sum(align[t] == v)) for v in ("v1", "v2", "none")} for t in cuts
+            },
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -111,8 +111,9 @@ def main() -> None:
                     row = {"model": name, "scale": s, "method": label, "keep": keep,
                            "variant": info}  # fmt: skip
                     try:
-                        res, secs, kept = B.run_scmopt(model, dict(data), keep=keep,
-                                                       criterion=crit, fold=fold, seed=args.seed)
+                        res, secs, kept = B.run_scmopt(
+                            model, dict(data), keep=keep, criterion=crit, fold=fold, seed=args.seed
+                        )
                     except Exception as exc:
                         row["error"] = f"{type(exc).__name__}: {exc}"
                         B.log(name, s, label, keep, "ERROR", row["error"])

@@ -84,8 +84,9 @@ def main() -> None:
                                        min_fidelity=args.min_fidelity, seed=args.seed)  # fmt: skip
         import scmopt
 
-        aligned = scmopt.compile(res.unit_graph, align_plan(res.unit_graph, res.plan,
-                                                            res.report["scores"], args.align))
+        aligned = scmopt.compile(
+            res.unit_graph, align_plan(res.unit_graph, res.plan, res.report["scores"], args.align)
+        )
         variants = {
             "original": original,
             "onnxslim(original)": slim(original),
@@ -115,7 +116,7 @@ def main() -> None:
                 row[f"{lv}_b{b}_p90_ms"] = v[k]["p90_ms"]
             rows.append(row)
         base = rows[-len(variants)]
-        for r in rows[-len(variants):]:
+        for r in rows[-len(variants) :]:
             r["flop_reduction"] = base["flops"] / r["flops"]
             r["param_reduction"] = base["params"] / r["params"]
             for lv, b in lat:
@@ -123,8 +124,10 @@ def main() -> None:
                 r[f"{lv}_b{b}_speedup"] = sp
                 r[f"{lv}_b{b}_speedup_over_flop_reduction"] = sp / r["flop_reduction"]
             lats = " ".join(f"{lv}/b{b} {r[f'{lv}_b{b}_ms']:.4f}" for lv, b in lat)
-            B.log(f"{name:14s} {r['variant']:20s} units {r['units']:4d} params {r['params']:7d} "
-                  f"flops {r['flops']:9d} agree {r['test_agreement']:.3f} ms: {lats}")
+            B.log(
+                f"{name:14s} {r['variant']:20s} units {r['units']:4d} params {r['params']:7d} "
+                f"flops {r['flops']:9d} agree {r['test_agreement']:.3f} ms: {lats}"
+            )
         B.write_results(args.name, rows, vars(args))
 
 

@@ -83,8 +83,18 @@ def onnxsim_rows(name, keep, target, ug, test, y, calib, seed):
             try:
                 pr = O.to_units(original, target, method, glob, batches)
             except Exception as exc:
-                row = _row(name, keep, target, f"onnxsim {method} {'global' if glob else 'local'}",
-                           "onnxsim", None, None, test, y, time.perf_counter() - t0)
+                row = _row(
+                    name,
+                    keep,
+                    target,
+                    f"onnxsim {method} {'global' if glob else 'local'}",
+                    "onnxsim",
+                    None,
+                    None,
+                    test,
+                    y,
+                    time.perf_counter() - t0,
+                )
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 out.append(row)
                 continue
@@ -92,7 +102,8 @@ def onnxsim_rows(name, keep, target, ug, test, y, calib, seed):
             kept = B.kept_positions_by_bias(ug, pr.model)
             for comp in O.COMPENSATIONS:
                 label = f"onnxsim {method} {'global' if glob else 'local'}" + (
-                    f" +{comp}" if comp else "")
+                    f" +{comp}" if comp else ""
+                )
                 t1 = time.perf_counter()
                 row = _row(name, keep, target, label, "onnxsim", None, None, test, y, 0.0,
                            sparsity=pr.sparsity, evaluations=pr.evaluations,
@@ -159,8 +170,14 @@ def plot(rows, models):
             main = m.startswith("scmopt curvature")
             style = "-o" if main else ("-s" if m.startswith("scmopt") else ":.")
             for ax, k in zip(axes, (1, 2), strict=True):
-                ax.plot([p[0] for p in pts], [p[k] for p in pts], style,
-                        lw=2.5 if main else 1.0, label=m, alpha=1.0 if main else 0.7)
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[k] for p in pts],
+                    style,
+                    lw=2.5 if main else 1.0,
+                    label=m,
+                    alpha=1.0 if main else 0.7,
+                )
         for ax, what in zip(axes, ("fidelity (test)", "IIA (test)"), strict=True):
             ax.set_xlabel("units kept (scmopt count)")
             ax.set_ylabel(what)

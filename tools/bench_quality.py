@@ -100,8 +100,7 @@ def plot(rows: list[dict], models: list[str]) -> None:
             lw = 2.5 if label == "curvature+fold" else 1.2
             axes[0].plot([p[0] for p in pts], [p[1] for p in pts], style, lw=lw, label=label)
             axes[1].plot([p[0] for p in pts], [p[2] for p in pts], style, lw=lw, label=label)
-        for ax, what in zip(axes, ("fidelity (top-1 agreement, test)", "IIA (test)"),
-                            strict=True):
+        for ax, what in zip(axes, ("fidelity (top-1 agreement, test)", "IIA (test)"), strict=True):
             ax.set_xlabel("units kept (scmopt count)")
             ax.set_ylabel(what)
             ax.grid(alpha=0.3)
@@ -117,10 +116,15 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=B.ZOO)
     ap.add_argument("--methods", nargs="*", default=list(CONFIGS))
     ap.add_argument("--ratios", nargs="*", type=float, default=RATIOS)
-    ap.add_argument("--rules", nargs="*", default=["min_iia=0.95", "min_fidelity=0.99"],
-                    help="stopping rules run with the methods in --rule-methods")
-    ap.add_argument("--rule-methods", nargs="*", default=["curvature+fold", "layer+fold",
-                                                          "variance"])
+    ap.add_argument(
+        "--rules",
+        nargs="*",
+        default=["min_iia=0.95", "min_fidelity=0.99"],
+        help="stopping rules run with the methods in --rule-methods",
+    )
+    ap.add_argument(
+        "--rule-methods", nargs="*", default=["curvature+fold", "layer+fold", "variance"]
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="quality")
     args = ap.parse_args()

@@ -53,8 +53,14 @@ def wide_cnn(width: int) -> Path:
             super().__init__()
             c1, c2, h = 32 * k, 64 * k, 64 * k
             self.features = nn.Sequential(
-                nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(1, c1, 3, padding=1),
+                nn.BatchNorm2d(c1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(c1, c2, 3, padding=1),
+                nn.BatchNorm2d(c2),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
             )
             self.fc1 = nn.Linear(c2 * 4, h)
             self.fc2 = nn.Linear(h, 10)
@@ -193,10 +199,12 @@ def main() -> None:
     s_rows = [r for r in rows if r["sweep"] == "samples"]
     meta = dict(vars(args))
     if len(s_rows) >= 3:
-        meta["fit_time_vs_samples"] = fit_linear([r["samples"] for r in s_rows],
-                                                 [r["analysis_s"] for r in s_rows])
-        meta["fit_memory_vs_samples"] = fit_linear([r["samples"] for r in s_rows],
-                                                   [r["rss_growth_mb"] for r in s_rows])
+        meta["fit_time_vs_samples"] = fit_linear(
+            [r["samples"] for r in s_rows], [r["analysis_s"] for r in s_rows]
+        )
+        meta["fit_memory_vs_samples"] = fit_linear(
+            [r["samples"] for r in s_rows], [r["rss_growth_mb"] for r in s_rows]
+        )
         B.log("fit", meta["fit_time_vs_samples"], meta["fit_memory_vs_samples"])
     B.write_results(args.name, rows, meta)
     plot(rows)

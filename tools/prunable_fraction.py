@@ -1,6 +1,6 @@
 """Prints the fraction of prunable (not frozen) units per model: zoo + ONNX light models.
 
-    python tools/prunable_fraction.py
+python tools/prunable_fraction.py
 """
 
 from __future__ import annotations
