@@ -10,7 +10,7 @@ from scmopt import graph
 from scmopt.curvature import Prober
 from scmopt.measure import Runner
 from scmopt.plan import Plan
-from scmopt.scoring import CRITERIA, Scorer, apply, fit_cut, residual_cov, select
+from scmopt.scoring import CRITERIA, Scorer, _ls, _ls_batch, apply, fit_cut, residual_cov, select
 from scmopt.stats import CutStats, Moments, collect
 from scmopt.units import analyze
 
@@ -143,3 +143,16 @@ def test_earlier_folds_leaning_on_a_unit_raise_its_removal_cost(mlp):
     k = sc.kappa[t]
     assert plain > 0
     assert leaned == pytest.approx(plain * (k[ch] + 9.0 * k[other]) / k[ch], rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_least_squares_equals_one_by_one(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(200, 9)) @ rng.normal(size=(9, 9))
+    cov = np.cov(x.T)
+    sets = np.array([[0, 3, k] for k in (1, 2, 4, 5, 8)])
+    r, a = _ls_batch(cov, cov, sets, 7, float(cov[7, 7]), 1e-3)
+    for i, row in enumerate(sets):
+        r1, a1 = _ls(cov, cov, list(row), 7, float(cov[7, 7]), 1e-3)
+        assert r[i] == pytest.approx(r1, rel=1e-9, abs=1e-12)
+        np.testing.assert_allclose(a[i], a1, rtol=1e-9)
