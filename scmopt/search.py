@@ -16,7 +16,9 @@ plan's the plain CNN). After the last round every removed unit is refitted towar
 original's values under the final plan (the last round's removals were fitted before their
 upstream neighbours went); that refit is kept only if the held-out risk drops, and repeated (at
 most 3 times) while it does. Budget rules fit
-toward the plan's values and get the same final refit.
+toward the plan's values and get the same final refit; with a fidelity or IIA target (or a
+budget) a prefix that misses the target is first refitted as a whole (every removed unit, under
+the statistics of the plan it belongs to) and only halved if it still misses.
 
 Constants and folds are fitted on the fit split only; every reported metric is measured on the
 held-out split. A plan never removes the last kept unit of a cut.
@@ -45,6 +47,7 @@ from scmopt.units import UnitGraph
 Progress = Callable[[str, int, int], None]
 TOWARD_ORIGINAL = True  # fit replacements toward the original network's values (stats.collect)
 TRY_TARGETS = True  # keep mode: new removals fitted toward original / plan values, best held-out
+REFIT_ON_FAIL = True  # target rules: a prefix missing the target is refitted once, then halved
 POLISH = 3  # max refits of every removed unit after the last round (each kept if held-out risk
 #            drops; stops at the first that does not)
 
@@ -299,6 +302,18 @@ class _Search:
         """The statistics hold the original's values, so both fit targets are available."""
         return TRY_TARGETS and any(c.original for c in self.stats.cuts.values())
 
+    def refitted(self, plan: Plan, round_: int, interventions: bool) -> tuple[Plan, Metrics]:
+        """`plan` with every removed unit refitted toward the original's values under the
+        statistics of `plan` itself, and its held-out metrics; the search state is unchanged."""
+        saved = self.plan, self.stats
+        try:
+            self.plan = plan
+            self.analyse_stats(round_ + 500)
+            refit = self.refit_removed()
+        finally:
+            self.plan, self.stats = saved
+        return refit, self.measure(refit, interventions=interventions)
+
     def measure(self, plan: Plan, interventions: bool = True) -> Metrics:
         t0 = time.perf_counter()
         m = self.evaluator.evaluate(plan, interventions=interventions, progress=self.progress)
@@ -542,6 +557,12 @@ def _budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[di
         while units:
             m = s.measure(plan, interventions=rule != "min_fidelity")
             ok = _meets(rule, value, m)
+            if not ok and REFIT_ON_FAIL:
+                # the prefix's fits predate each other's removal: refit every removed unit
+                # under this plan's statistics before giving the prefix up
+                refit, m_refit = s.refitted(plan, r, interventions=rule != "min_fidelity")
+                if _meets(rule, value, m_refit):
+                    plan, m, ok = refit, m_refit, True
             _record(s, traj, r, plan, units, pred, m, cur, ok)
             if ok:
                 if calibrated and pred > 0 and m.risk is not None:
