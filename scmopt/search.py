@@ -252,6 +252,15 @@ class _Search:
                ) -> tuple[list[str], Plan, float]:  # fmt: skip
         """Units to remove now and the resulting plan. Criteria with a risk model use the lazy
         greedy of scoring.select; magnitude and random take their ranking's prefix."""
+        t0 = time.perf_counter()
+        try:
+            return self._choose(sc, count, budget, trace, target)
+        finally:
+            self._add("selection", t0)
+
+    def _choose(self, sc: Scores, count: int | None, budget: float | None,
+                trace: list[float] | None, target: str,
+                ) -> tuple[list[str], Plan, float]:  # fmt: skip
         if self.criterion in ("magnitude", "random"):
             units = self.prefix(self.order(sc), count or 0)
             return units, self.extend(sc, units, target), float("nan")

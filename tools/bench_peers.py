@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B  # noqa: E402
 
-RATIOS = [0.5, 0.3, 0.2, 0.1]
+RATIOS = [0.7, 0.6, 0.5, 0.3, 0.2, 0.1]
 
 
 def _row(name, keep, target, method, family, model, kept, test, y, secs, **extra) -> dict:

@@ -9,7 +9,7 @@ Criteria: curvature+fold (the method), curvature (no fold), and the baselines la
 magnitude, random with constant replacement (no fold, as the classic pruning criteria), plus
 variance+fold and layer+fold to separate the effect of the ranking from that of folding.
 Then the method (and two baselines) stopped by quality targets instead (min_iia 0.95, min_fidelity
-0.99): how many units they remove at that quality.
+0.99 and 0.95; `--targets-only` runs just these): how many units they remove at that quality.
 Writes benchmarks/quality.{json,csv}, benchmarks/quality_targets.{json,csv} and
 benchmarks/quality_<model>.png.
 """
@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument(
         "--rules",
         nargs="*",
-        default=["min_iia=0.95", "min_fidelity=0.99"],
+        default=["min_iia=0.95", "min_fidelity=0.99", "min_fidelity=0.95"],
         help="stopping rules run with the methods in --rule-methods",
     )
     ap.add_argument(
@@ -127,18 +127,20 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="quality")
+    ap.add_argument("--targets-only", action="store_true", help="only the stopping-rule runs")
     args = ap.parse_args()
     from scmopt import units
 
     rows = []
-    for name in args.models:
+    for name in [] if args.targets_only else args.models:
         ug = units.analyze(B.load_model(name))
         test, y = B.split(name, "test")
         for keep in args.ratios:
             for label in args.methods:
                 rows.append(run_one(name, label, keep, args.seed, ug, test, y))
         B.write_results(args.name, rows, {"ratios": args.ratios, "methods": args.methods})
-    plot(rows, args.models)
+    if rows:
+        plot(rows, args.models)
     # the same methods stopped by a quality target instead of a keep ratio
     targets = []
     for name in args.models:

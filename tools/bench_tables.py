@@ -165,8 +165,9 @@ def speed(doc) -> str:
     rows = doc["rows"]
     out = [machine_block(doc),
            "| model | scmopt s (analysis) | units | fid. test | ablation s (analysis) | units | "
-           "fid. test | speed-up vs ablation | greedy s | greedy fid. test | speed-up vs "
-           "greedy |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+           "fid. test | speed-up vs ablation | curvature stage s: scmopt / ablation (speed-up) | "
+           "greedy s | greedy fid. test | speed-up vs greedy |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         g = r.get("greedy_s")
         gs = (
@@ -183,10 +184,20 @@ def speed(doc) -> str:
             f"| {r['model']} | {r['scmopt_s']:.1f} ({r['scmopt_analysis_s']:.1f}) | "
             f"{r['scmopt_units']} | {f3(r['scmopt_test_agreement'])} | {r['ablation_s']:.1f} "
             f"({r['ablation_analysis_s']:.1f}) | {r['ablation_units']} | "
-            f"{f3(r['ablation_test_agreement'])} | {r['speedup_vs_ablation']:.1f}x | {gs} | "
+            f"{f3(r['ablation_test_agreement'])} | {r['speedup_vs_ablation']:.1f}x | "
+            f"{_stage(r, 'curvature')} | {gs} | "
             f"{f3(r.get('greedy_test_agreement'))} | "
             f"{B.fmt(r.get('speedup_vs_greedy'), 1)}x |")  # fmt: skip
     return "\n".join(out)
+
+
+def _stage(r: dict, key: str) -> str:
+    """One analysis stage's seconds, scmopt / ablation, and their ratio."""
+    a = (r.get("scmopt_timing") or {}).get("search", {}).get(key)
+    b = (r.get("ablation_timing") or {}).get("search", {}).get(key)
+    if not a or not b:
+        return "–"
+    return f"{a:.2f} / {b:.2f} ({b / a:.0f}x)"
 
 
 def deploy(doc) -> str:
@@ -332,6 +343,18 @@ def scaling(doc) -> str:
     return "\n".join(out)
 
 
+def iia_layer(doc) -> str:
+    rows = doc["rows"]
+    out = [machine_block(doc),
+           "| model | layer (units kept) | method | IIA at the layer | IIA mean over cuts | "
+           "fidelity | constant / folded |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        out.append(f"| {r['model']} | `{r['cut']}` ({r['kept']}/{r['layer_units']}) | "
+                   f"{r['method']} | {f3(r['iia_layer'])} | {f3(r['iia_mean'])} | "
+                   f"{f3(r['fidelity'])} | {r['constant']} / {r['folded']} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def summary(_doc=None) -> str:
     """The issue's goals against what was measured (each line from one result file)."""
     out = ["| goal | measured | met? |", "|---|---|---|"]
@@ -357,6 +380,17 @@ def summary(_doc=None) -> str:
         )
     q = load("quality")
     if q:
+        for keep, key, goal, label in ((0.3, "test_agreement", 0.95, "fidelity"),
+                                       (0.5, "test_iia", 0.95, "IIA")):  # fmt: skip
+            got = {r["model"]: r[key] for r in q["rows"] if r["method"] == "curvature+fold"
+                   and r["keep"] == keep and "error" not in r}  # fmt: skip
+            pick = {m: v for m, v in got.items() if m in ("cnn_digits", "resnet_digits")}
+            out.append(
+                f"| {label} >= {goal} with <= {int(keep * 100)}% of units kept "
+                f"(cnn_digits, resnet_digits; test split) | "
+                + ", ".join(f"{m} {f3(v)}" for m, v in got.items())
+                + f" | {'yes' if pick and all(v >= goal for v in pick.values()) else 'no'} |"
+            )
         by = defaultdict(dict)
         for r in q["rows"]:
             if "error" not in r:
@@ -416,7 +450,8 @@ def summary(_doc=None) -> str:
 
 
 SECTIONS = {"summary": summary, "quality": quality, "curvature": curvature, "speed": speed,
-            "deploy": deploy, "peers": peers, "causal": causal, "scaling": scaling}  # fmt: skip
+            "deploy": deploy, "peers": peers, "causal": causal, "scaling": scaling,
+            "iia_layer": iia_layer}  # fmt: skip
 
 
 def main() -> None:
