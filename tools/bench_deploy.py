@@ -12,10 +12,10 @@ onnxruntime's default optimisation level (ORT_ENABLE_ALL, which on x86 rewrites 
 the blocked NCHWc layout when channel counts are multiples of the SIMD block) and at
 ORT_ENABLE_EXTENDED (same fusions, no layout change). Fidelity and accuracy on the test split.
 
-An extra variant, "scmopt aligned<k>" (--align, default 16 = AVX-512 float block), re-keeps the
-highest-scoring removed units of every convolutional cut until its kept count is a multiple of
-k (the plan's other replacements unchanged), compiled by scmopt.compile: it shows how much of the
-latency gap comes from the layout constraint.
+An extra variant, "scmopt aligned<k>" (--align, default 16 = AVX-512 float block), is the same
+plan through scmopt.align.align_plan (what `scmopt --align k` does): the highest-scoring removed
+units of every convolutional cut are re-kept until its kept count is a multiple of k (the plan's
+other replacements unchanged); it shows how much of the latency gap comes from the layout.
 Writes benchmarks/deploy.{json,csv}; with --save also the models, to benchmarks/deploy_models/.
 """
 
@@ -28,38 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B  # noqa: E402
 
+from scmopt.align import align_plan  # noqa: E402
+
 
 def slim(model):
     import onnxslim
 
     return onnxslim.slim(model)
-
-
-def align_plan(ug, plan, scores: dict, block: int):
-    """Copy of `plan` with removed units re-kept until every convolutional cut (spatial or
-    flattened-conv layout) keeps a multiple of `block` channels (or all of them)."""
-    import copy
-
-    plan = copy.deepcopy(plan)
-    conv_cuts = [t for t, c in ug.cuts.items() if (c.spatial or c.block > 1)]
-    for _ in range(10):
-        changed = False
-        for t in conv_cuts:
-            cut = ug.cuts[t]
-            units = list(dict.fromkeys(cut.units))
-            kept = [u for u in units if u not in plan.actions]
-            short = (-len(kept)) % block
-            if short == 0:
-                continue
-            gone = sorted((u for u in units if u in plan.actions),
-                          key=lambda u: -scores.get(u, 0.0))  # fmt: skip
-            for u in gone[:short]:
-                del plan.actions[u]
-                changed = True
-        if not changed:
-            break
-    # folds may only use kept predictors: re-kept units are kept, so every fold stays valid
-    return plan
 
 
 def main() -> None:
