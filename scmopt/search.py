@@ -18,7 +18,10 @@ upstream neighbours went); that refit is kept only if the held-out risk drops, a
 most 3 times) while it does. Budget rules fit
 toward the plan's values and get the same final refit; with a fidelity or IIA target (or a
 budget) a prefix that misses the target is first refitted as a whole (every removed unit, under
-the statistics of the plan it belongs to) and only halved if it still misses.
+the statistics of the plan it belongs to) and only halved if it still misses. Last, every fold
+is blended with its unit's constant (weights 0.5 and 0: constants only) and a blend replaces the
+plan only when it lowers the held-out risk: at extreme sparsity folds follow kept units that are
+far from the original's and extrapolate (resnet_digits keep 0.1: held-out risk 0.89 -> 0.82).
 
 Constants and folds are fitted on the fit split only; every reported metric is measured on the
 held-out split. A plan never removes the last kept unit of a cut.
@@ -48,6 +51,7 @@ Progress = Callable[[str, int, int], None]
 TOWARD_ORIGINAL = True  # fit replacements toward the original network's values (stats.collect)
 TRY_TARGETS = True  # keep mode: new removals fitted toward original / plan values, best held-out
 REFIT_ON_FAIL = True  # target rules: a prefix missing the target is refitted once, then halved
+SHRINK = (0.5, 0.0)  # fold/constant blends tried after the last refit (see _shrink)
 POLISH = 3  # max refits of every removed unit after the last round (each kept if held-out risk
 #            drops; stops at the first that does not)
 
@@ -199,15 +203,17 @@ class _Search:
             self.timing[k] = self.timing.get(k, 0.0) + v
         return sc
 
-    def refit_removed(self) -> Plan:
+    def refit_removed(self, fold: bool | None = None) -> Plan:
         """Every removed unit refitted toward the original network's values, from the units
-        kept now (under this round's statistics, so upstream replacements are accounted for)."""
+        kept now (under this round's statistics, so upstream replacements are accounted for).
+        fold=False: constants only."""
+        fold_ok = self.fold if fold is None else fold
         removed = sorted(self.plan.removed)
         kept = {u for u in self.ug.units if u not in self.plan.removed}
-        fits = self.scorer.fits(self.stats, kept, removed, self.fold)
+        fits = self.scorer.fits(self.stats, kept, removed, fold_ok)
         plan = Plan()
         for u in removed:
-            fold = self.fold and any(f.pred and f.resid < f.var for f in fits[u].values())
+            fold = fold_ok and any(f.pred and f.resid < f.var for f in fits[u].values())
             apply(plan, u, fits[u], "folded" if fold else "constant", self.ug)
         return plan
 
@@ -433,6 +439,8 @@ def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, s
         final = _polish(s, final, traj)
         if final is before:  # rejected: a further refit would start from the same plan
             break
+    if fold and SHRINK:
+        final = _shrink(s, final, traj)
     metrics = final.as_dict()
     kept = len(s.candidates())
     metrics.update(prunable=len(prunable), kept=kept,
@@ -518,6 +526,41 @@ def _polish(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
         return m
     s.plan = old
     return cur
+
+
+def _shrink(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
+    """Folds extrapolate: when most of a layer is gone, the units they follow are far from the
+    original's, and a constant can be the safer replacement. Each fold is blended with its
+    unit's constant, r = lam * fold + (1 - lam) * constant, for lam in SHRINK; the blend with
+    the lowest held-out risk is kept if it beats the current plan (and still meets a target)."""
+    folded = [u for u, a in s.plan.actions.items() if a.kind == "folded"]
+    if not folded or cur.risk is None:
+        return cur
+    s.analyse_stats(len(traj) + 200)
+    consts = s.refit_removed(fold=False)
+    best, best_m = None, cur
+    for lam in SHRINK:
+        plan = copy.deepcopy(s.plan)
+        for u in folded:
+            for t, rep in plan.actions[u].at.items():
+                c = consts.actions[u].at[t].offset
+                rep.offset = np.asarray(lam * rep.offset + (1 - lam) * c, dtype=np.float64)
+                rep.coef = {k: lam * a for k, a in rep.coef.items()} if lam > 0 else {}
+            if lam == 0:
+                plan.actions[u].kind = "constant"
+        m = s.measure(plan)
+        ok = m.risk is not None and m.risk < best_m.risk
+        if ok and s.rule in ("min_fidelity", "min_iia"):
+            ok = _meets(s.rule, s.rule_value, m)
+        traj.append({"round": traj[-1]["round"] + 1, "refit": True, "shrink": lam,
+                     "kept": len(s.ug.prunable) - len(plan.removed), "removed": 0,
+                     "predicted_risk": None, "risk": m.risk, "fidelity": m.fidelity,
+                     "iia": m.iia, "accepted": ok})  # fmt: skip
+        if ok:
+            best, best_m = plan, m
+    if best is not None:
+        s.plan = best
+    return best_m
 
 
 def _meets(rule: str, value: float, m: Metrics) -> bool:

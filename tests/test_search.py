@@ -111,13 +111,18 @@ def test_greedy_brute_force_baseline_on_a_tiny_model():
 
 def test_final_refit_never_raises_held_out_risk(mlp):
     """Keep mode fits new removals toward the original's or the plan's values (the better on
-    held-out data) and refits every removed unit at the end only when that lowers the risk."""
+    held-out data) and refits every removed unit at the end only when that lowers the risk; then
+    fold/constant blends are tried, kept only when they lower it further."""
     ug, data = mlp
     res = search(ug, data, keep=0.3, seed=1, device="cpu", curvature_samples=16)
     rounds = [r for r in res.trajectory if not r.get("refit")]
-    refits = [r for r in res.trajectory if r.get("refit")]
+    refits = [r for r in res.trajectory if r.get("refit") and "shrink" not in r]
+    shrinks = [r for r in res.trajectory if "shrink" in r]
     assert 1 <= len(refits) <= 3 and all(r["kept"] == rounds[-1]["kept"] for r in refits)
     assert all(r["accepted"] for r in refits[:-1])  # refits stop at the first rejected one
+    assert [r["shrink"] for r in shrinks] == [0.5, 0.0]
+    assert all(r["kept"] == rounds[-1]["kept"] for r in shrinks)
     assert res.metrics["risk"] <= rounds[-1]["risk"] + 1e-12
-    best = min([rounds[-1]["risk"]] + [r["risk"] for r in refits])
+    best = min([rounds[-1]["risk"]] + [r["risk"] for r in refits + shrinks])
     assert res.metrics["risk"] == pytest.approx(best)
+    res.plan.validate(ug)
