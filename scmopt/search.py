@@ -372,6 +372,7 @@ def search(
     curvature_samples: int = 32,
     eps: float = 0.05,
     probe_fraction: float = 0.5,
+    max_probes: int = 256,
     step: int | None = None,
     max_coef: int = 6,
 ) -> SearchResult:
@@ -379,11 +380,15 @@ def search(
     'y' entry, or `labels`, gives labels for accuracy). See the module docstring.
 
     rounds: max rounds (default 4 for keep, 10 otherwise); step: units removed per round
-    (keep mode; 1 with criterion='ablation' is the greedy brute-force baseline)."""
+    (keep mode; 1 with criterion='ablation' is the greedy brute-force baseline).
+    probe_fraction / max_probes: per round, the per-unit curvature probes go to the units the
+    layer screen ranks around the cut-off, `probe_fraction` of the candidates but at most
+    `max_probes` (each costs 2 x curvature_samples passes below its cut: the dominant cost on
+    networks with thousands of channels); the others keep the screen's rescaled estimate."""
     with _blas_single_thread():
         return _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, seed,
                        batch_size, device, holdout, progress, labels, rounds, curvature_samples,
-                       eps, probe_fraction, step, max_coef)  # fmt: skip
+                       eps, probe_fraction, step, max_coef, max_probes)  # fmt: skip
 
 
 def _blas_single_thread():
@@ -400,7 +405,7 @@ def _blas_single_thread():
 
 def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, seed, batch_size,
             device, holdout, progress, labels, rounds, curvature_samples, eps, probe_fraction,
-            step, max_coef) -> SearchResult:  # fmt: skip
+            step, max_coef, max_probes) -> SearchResult:  # fmt: skip
     t_start = time.perf_counter()
     data = dict(data)
     if "y" in data and "y" not in {i.name for i in ug.model.graph.input}:
@@ -408,6 +413,8 @@ def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, s
         labels = y if labels is None else labels
     rule = _check(ug, data, budget, min_fidelity, min_iia, keep, criterion, p, holdout,
                   batch_size)  # fmt: skip
+    if isinstance(max_probes, bool) or not isinstance(max_probes, int) or max_probes < 4:
+        raise ScmoptError(f"max_probes must be an integer >= 4, not {max_probes!r}")
     if labels is not None and len(labels) != len(next(iter(data.values()))):
         raise ScmoptError(f"{len(labels)} labels for {len(next(iter(data.values())))} samples")
     prunable = ug.prunable
@@ -424,6 +431,7 @@ def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, s
                 progress, curvature_samples, eps, probe_fraction, max_coef)  # fmt: skip
     s.rule = rule
     s.step = step
+    s.max_probes = max_probes
     s.rule_value = {"budget": budget, "min_fidelity": min_fidelity, "min_iia": min_iia,
                     "keep": keep}[rule]  # fmt: skip
     traj = [{"round": 0, "kept": len(prunable), "removed": 0, "predicted_risk": 0.0,
@@ -450,12 +458,12 @@ def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, s
     return SearchResult(s.plan, traj, metrics, s.scores, s.timing)
 
 
-def _band(n_cut: int, fraction: float) -> Callable[[dict[str, float]], list[str]]:
+def _band(n_cut: int, fraction: float, cap: int) -> Callable[[dict[str, float]], list[str]]:
     """Per-unit probes for the units ranked around position n_cut by the screen."""
 
     def focus(pre: dict[str, float]) -> list[str]:
         order = sorted(pre, key=lambda u: (pre[u], u))
-        w = max(4, int(math.ceil(fraction * len(order) / 2)))
+        w = max(2, min(max(4, int(math.ceil(fraction * len(order) / 2))), cap // 2))
         return order[max(0, n_cut - w) : n_cut + w]
 
     return focus
@@ -483,7 +491,7 @@ def _keep_mode(s: _Search, target: int, rounds: int, step: int | None, traj: lis
         n = left if last else (min(step, left) if step else int(math.ceil(left / 2)))
         if s.progress:
             s.progress("round", r, rounds if step is None else r + left // max(step, 1))
-        sc = s.analyse(r, _band(n, s.probe_fraction))
+        sc = s.analyse(r, _band(n, s.probe_fraction, s.max_probes))
         units, plan, pred = s.choose(sc, count=n)
         if not units:
             raise ScmoptError("no unit can be removed without emptying a cut")
@@ -593,7 +601,7 @@ def _budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[di
 
         def focus(pre: dict[str, float], holder=holder, size=size) -> list[str]:
             holder["n"] = size(pre)
-            return _band(holder["n"], s.probe_fraction)(pre)
+            return _band(holder["n"], s.probe_fraction, s.max_probes)(pre)
 
         sc = s.analyse(r, focus)
         n = size(sc.risk if calibrated else sc.rank)

@@ -78,6 +78,8 @@ def test_targets_hold_on_held_out_data(mlp, rule):
         {"keep": 0.5, "holdout": 1.0},
         {"keep": 0.5, "batch_size": 0},
         {"keep": 0.001},  # every cut must keep a unit
+        {"keep": 0.5, "max_probes": 2},
+        {"keep": 0.5, "max_probes": 8.5},
     ],
 )
 def test_bad_requests_raise(mlp, kwargs):
@@ -126,3 +128,13 @@ def test_final_refit_never_raises_held_out_risk(mlp):
     best = min([rounds[-1]["risk"]] + [r["risk"] for r in refits + shrinks])
     assert res.metrics["risk"] == pytest.approx(best)
     res.plan.validate(ug)
+
+
+def test_probe_band_is_centred_on_the_cut_off_and_capped():
+    from scmopt.search import _band
+
+    pre = {f"u{i:03d}": float(i) for i in range(300)}
+    wide = _band(120, 0.5, 1000)(pre)
+    assert wide == [f"u{i:03d}" for i in range(45, 195)]
+    capped = _band(120, 0.5, 16)(pre)
+    assert capped == [f"u{i:03d}" for i in range(112, 128)]
