@@ -6,7 +6,8 @@ reached over a few rounds that each remove half of what is left), `budget` (max 
 interventional risk), `min_fidelity`, `min_iia`. With a budget the prefix is the largest whose
 predicted risk (calibrated by earlier rounds' measured/predicted ratio) fits half the remaining
 budget; fidelity and IIA targets, and uncalibrated criteria, size the prefix by count. A prefix
-is accepted only if the held-out measurement meets the target; otherwise it is halved.
+is accepted only if the held-out measurement meets the target (a fidelity target also on the fit
+split, see _Search.meets); otherwise it is halved.
 
 Fit targets (keep mode): from round 2 on, statistics also hold the ORIGINAL network's values
 on the same inputs and interventions; each round selects and fits its removals once toward the
