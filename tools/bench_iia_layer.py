@@ -78,8 +78,10 @@ def run(name: str, keep: float, seed: int) -> list[dict]:
                "fidelity": ev["agreement"], "accuracy": ev["accuracy"], "seconds": secs,
                "constant": found.plan.counts()["constant"],
                "folded": found.plan.counts()["folded"]}  # fmt: skip
-        B.log(f"{name:14s} {label:38s} kept {row['kept']}/{row['layer_units']} IIA(layer) "
-              f"{row['iia_layer']:.3f} IIA(mean) {row['iia_mean']:.3f} fid {row['fidelity']:.3f}")
+        B.log(
+            f"{name:14s} {label:38s} kept {row['kept']}/{row['layer_units']} IIA(layer) "
+            f"{row['iia_layer']:.3f} IIA(mean) {row['iia_mean']:.3f} fid {row['fidelity']:.3f}"
+        )
         rows.append(row)
     return rows
 
