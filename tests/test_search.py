@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import outputs
 
 from models import load_split, model_path
 from scmopt import graph
 from scmopt.errors import ScmoptError
+from scmopt.intervene import simulate
 from scmopt.search import search
 from scmopt.units import analyze
 
@@ -54,6 +56,14 @@ def test_targets_hold_on_held_out_data(mlp, rule):
         assert m["risk"] <= rule["budget"]
     elif "min_fidelity" in rule:
         assert m["fidelity"] >= rule["min_fidelity"]
+        # ... and on the split the search fitted on (the search's own split of `data`)
+        n = len(next(iter(data.values())))
+        perm = np.random.default_rng([0, 1]).permutation(n)
+        fit = np.sort(perm[int(round(0.25 * n)) :])
+        x = {k: v[fit] for k, v in data.items() if k != "y"}
+        f_o = outputs(ug.model, x)[0]
+        f_p = outputs(simulate(ug, res.plan), x)[0]
+        assert np.mean(f_o.argmax(1) == f_p.argmax(1)) >= rule["min_fidelity"]
     else:
         assert m["iia"] >= rule["min_iia"]
     assert m["kept"] < len(ug.prunable)  # something was removed
