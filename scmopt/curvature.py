@@ -91,12 +91,16 @@ class Prober:
         batched: bool = True,
         device: str = "auto",
         max_batch: int = 512,
+        max_elements: int = 1 << 24,
     ) -> None:
         self.ug = ug
         self.sites = sites
         self.device = device
         self.batched = batched
         self.max_batch = max_batch if batched else 1
+        # values of the cut tensor per probe call: each session's arena keeps its largest call,
+        # and 512 copies of an ImageNet-size feature map took squeezenet to 13-18 GB
+        self.max_elements = max_elements
         base = dynamic_batch(ug.model) if batched else ug.model
         hooked = hook(ug, {t: HookSpec(plan="input") for t in sites}, model=base)
         self.inputs = hooked.inputs
@@ -177,7 +181,8 @@ class Prober:
         plan = self._plan(plan_feeds)
         sess = self._session(cut)
         reps_per_dir = 2 if central else 1
-        k = max(1, self.max_batch // max(1, n * reps_per_dir))
+        copies = min(self.max_batch, self.max_elements // max(1, int(np.prod(shape))))
+        k = max(1, copies // max(1, n * reps_per_dir))
         out = np.empty((count, n, _out_size(cache[self.output])), np.float64)
         f0 = cache[self.output].reshape(n, -1).astype(np.float64)
         for start in range(0, count, k):

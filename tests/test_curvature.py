@@ -184,3 +184,15 @@ def test_fixed_batch_probes_match_batched():
         dirs = np.random.default_rng(0).normal(size=(3, 8, 6, 1)).astype(np.float32)
         got.append(prober.directional("h", cache, pf, lambda idx, d=dirs: d[idx], 3, eps=0.1))
     np.testing.assert_allclose(got[0], got[1], rtol=1e-4, atol=1e-5)
+
+
+def test_probe_calls_bounded_by_elements_give_the_same_estimates():
+    """max_elements caps the copies per onnxruntime call (memory on wide feature maps); one
+    copy per call must give the same J d as the default batching."""
+    model, _ = quadratic_model()
+    ug, x, prober, pf, cache = _setup(model)
+    small = curv.Prober(ug, sites(ug), device="cpu", max_elements=1)
+    dirs = np.random.default_rng(5).normal(size=(5, 16, 6, 1)).astype(np.float32)
+    a = prober.directional("h", cache, pf, lambda idx: dirs[idx], 5, eps=0.05)
+    b = small.directional("h", small.cache(x, pf), pf, lambda idx: dirs[idx], 5, eps=0.05)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
