@@ -165,13 +165,12 @@ def compress(
         progress=progress,
     )  # fmt: skip
     plan = found.plan
-    align_changed = False
+    re_kept = 0
     if align is not None:
         plan = align_plan(ug, plan, found.scores, align)
-        back = len(found.plan.actions) - len(plan.actions)
-        align_changed = back > 0
-        if back:
-            notes.append(f"align {align}: {back} removed units re-kept so convolutional cuts "
+        re_kept = len(found.plan.actions) - len(plan.actions)
+        if re_kept:
+            notes.append(f"align {align}: {re_kept} removed units re-kept so convolutional cuts "
                          f"keep multiples of {align} channels")  # fmt: skip
     t2 = time.perf_counter()
     compiled = compile_plan(ug, plan)
@@ -198,7 +197,7 @@ def compress(
     t4 = time.perf_counter()
     fid = {
         # the search's held-out interventional risk; not re-measured after alignment
-        "risk": None if align_changed else found.metrics.get("risk"),
+        "risk": None if re_kept else found.metrics.get("risk"),
         "risk_plain": risk_plain,
         "agreement": validate.agreement(f_orig, f_comp),
         "iia": float(np.mean(list(iia.values()))) if iia else 1.0,

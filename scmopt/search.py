@@ -209,14 +209,14 @@ class _Search:
         """Every removed unit refitted toward the original network's values, from the units
         kept now (under this round's statistics, so upstream replacements are accounted for).
         fold=False: constants only."""
-        fold_ok = self.fold if fold is None else fold
+        fold = self.fold if fold is None else fold
         removed = sorted(self.plan.removed)
         kept = {u for u in self.ug.units if u not in self.plan.removed}
-        fits = self.scorer.fits(self.stats, kept, removed, fold_ok)
+        fits = self.scorer.fits(self.stats, kept, removed, fold)
         plan = Plan()
         for u in removed:
-            fold = fold_ok and any(f.pred and f.resid < f.var for f in fits[u].values())
-            apply(plan, u, fits[u], "folded" if fold else "constant", self.ug)
+            folds = fold and any(f.pred and f.resid < f.var for f in fits[u].values())
+            apply(plan, u, fits[u], "folded" if folds else "constant", self.ug)
         return plan
 
     def order(self, sc: Scores) -> list[str]:
@@ -319,13 +319,14 @@ class _Search:
         """The statistics hold the original's values, so both fit targets are available."""
         return TRY_TARGETS and any(c.original for c in self.stats.cuts.values())
 
-    def refitted(self, plan: Plan, round_: int, interventions: bool) -> tuple[Plan, Metrics]:
+    def refitted(self, plan: Plan, stats_round: int, interventions: bool,
+                 ) -> tuple[Plan, Metrics]:  # fmt: skip
         """`plan` with every removed unit refitted toward the original's values under the
         statistics of `plan` itself, and its held-out metrics; the search state is unchanged."""
         saved = self.plan, self.stats
         try:
             self.plan = plan
-            self.analyse_stats(round_ + 500)
+            self.analyse_stats(stats_round)
             refit = self.refit_removed()
         finally:
             self.plan, self.stats = saved
@@ -481,7 +482,7 @@ def _band(n_cut: int, fraction: float, cap: int) -> Callable[[dict[str, float]],
 
     def focus(pre: dict[str, float]) -> list[str]:
         order = sorted(pre, key=lambda u: (pre[u], u))
-        w = max(2, min(max(4, int(math.ceil(fraction * len(order) / 2))), cap // 2))
+        w = min(max(4, int(math.ceil(fraction * len(order) / 2))), cap // 2)  # cap >= 4
         return order[max(0, n_cut - w) : n_cut + w]
 
     return focus
@@ -536,10 +537,7 @@ def _polish(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
     for target rules, the target still holds)."""
     if not s.plan.removed or cur.risk is None:
         return cur
-    old = s.plan
-    s.analyse_stats(len(traj) + 100)
-    plan = s.refit_removed()
-    m = s.measure(plan, interventions=True)
+    plan, m = s.refitted(s.plan, len(traj) + 100, interventions=True)
     better = m.risk is not None and m.risk < cur.risk
     if better and s.rule in ("min_fidelity", "min_iia"):
         better = s.meets(plan, m)
@@ -550,7 +548,6 @@ def _polish(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
     if better:
         s.plan = plan
         return m
-    s.plan = old
     return cur
 
 
@@ -638,7 +635,7 @@ def _budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[di
             if not ok and REFIT_ON_FAIL:
                 # the prefix's fits predate each other's removal: refit every removed unit
                 # under this plan's statistics before giving the prefix up
-                refit, m_refit = s.refitted(plan, r, interventions=rule != "min_fidelity")
+                refit, m_refit = s.refitted(plan, r + 500, interventions=rule != "min_fidelity")
                 if s.meets(refit, m_refit):
                     plan, m, ok = refit, m_refit, True
             _record(s, traj, r, plan, units, pred, m, cur, ok)
