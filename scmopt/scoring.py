@@ -82,6 +82,7 @@ def fit_cut(
     if fold:
         cov1, cov2 = cs.covariance(1, "p", target), cs.covariance(2)
     kept_idx = np.array([first[u][0] for u in first if u in kept and var[first[u][0]] > 0])
+    memo = cs.memo.setdefault(("fold", target), {})
     fits = {}
     for j in targets:
         chans = first[j]
@@ -89,20 +90,39 @@ def fit_cut(
         fit = Fit(cs.cut, chans, tmu[jj].copy(), float(tvar[jj]))
         if fold and len(kept_idx) and tvar[jj] > 0:
             cand = kept_idx[kept_idx != jj]
-            _fold(fit, cand, cov1, cov2, mu, tmu, float(tvar[jj]), jj, max_coef, pool, ridge)
+            _fold(fit, cand, cov1, cov2, mu, tmu, float(tvar[jj]), jj, max_coef, pool, ridge, memo)
             fit.pred = [cut.units[i] for i in fit.pred_idx]
         fits[j] = fit
     return fits
 
 
-def _fold(fit, cand, cov1, cov2, mu, tmu, vj, jj, max_coef, pool, ridge) -> None:
+def _fold(fit, cand, cov1, cov2, mu, tmu, vj, jj, max_coef, pool, ridge, memo=None) -> None:
     """Greedy forward selection by exact residual reduction over the most correlated pool.
-    cov1[k, j]: predictor k (plan) x target j (original); cov2: predictors; vj: target var."""
+    cov1[k, j]: predictor k (plan) x target j (original); cov2: predictors; vj: target var.
+    `memo` (per set of moments and target kind): the selection depends only on (j, pool), and
+    the search refits the same folds many times (every candidate's users, every step)."""
     if len(cand) == 0:
         return
     dk = np.clip(np.diag(cov2)[cand], 1e-30, None)
     corr = np.abs(cov1[cand, jj]) / np.sqrt(dk * vj)
     cand = cand[np.argsort(-corr, kind="stable")[:pool]]
+    key = (jj, cand.tobytes(), max_coef, ridge)
+    found = None if memo is None else memo.get(key)
+    if found is None:
+        found = _forward(cov1, cov2, cand, jj, vj, max_coef, ridge)
+        if memo is not None:
+            memo[key] = found
+    chosen, coef, resid = found
+    if not chosen:
+        return
+    fit.pred_idx = np.array(chosen, dtype=int)
+    fit.coef = coef.copy()
+    fit.offset = tmu[jj] - coef @ mu[chosen]
+    fit.resid = resid
+
+
+def _forward(cov1, cov2, cand, jj, vj, max_coef, ridge) -> tuple[list[int], np.ndarray, float]:
+    """(chosen predictors, coefficients, residual) of the forward selection over `cand`."""
     chosen: list[int] = []
     best = (vj, np.zeros(0))
     for _ in range(min(max_coef, len(cand))):
@@ -118,12 +138,7 @@ def _fold(fit, cand, cov1, cov2, mu, tmu, vj, jj, max_coef, pool, ridge) -> None
             break
         best = (float(r[i]), a[i])
         chosen = sets[i].tolist()
-    if not chosen:
-        return
-    fit.pred_idx = np.array(chosen, dtype=int)
-    fit.coef = best[1]
-    fit.offset = tmu[jj] - best[1] @ mu[chosen]
-    fit.resid = float(max(best[0], 0.0))
+    return chosen, best[1], float(max(best[0], 0.0))
 
 
 def _ls_batch(cov1, cov2, sets, jj, vj, ridge) -> tuple[np.ndarray, np.ndarray]:

@@ -108,6 +108,9 @@ class CutStats:
     w_up: float  # weight of swaps at ancestor sites
     p: float
     original: bool = False  # moments hold [plan; original] values (2C channels), see collect
+    # results derived from these moments alone (covariances, fold selections): valid as long
+    # as the moments are, so they live and die with them
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def channels(self) -> int:
@@ -165,8 +168,8 @@ class CutStats:
 
     def covariance(self, swapped: int, a: str = "p", b: str = "p") -> np.ndarray:
         """Within-position covariance under I (the per-position intercepts absorb the means)."""
-        cache = self.__dict__.setdefault("_cov", {})
-        key = (swapped, a, b)
+        cache = self.memo
+        key = ("cov", swapped, a, b)
         if key not in cache:
             mu = self._mean_all()
             ma, mb = mu[self._rows(a)], mu[self._rows(b)]

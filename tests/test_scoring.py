@@ -156,3 +156,25 @@ def test_batched_least_squares_equals_one_by_one(seed):
         r1, a1 = _ls(cov, cov, list(row), 7, float(cov[7, 7]), 1e-3)
         assert r[i] == pytest.approx(r1, rel=1e-9, abs=1e-12)
         np.testing.assert_allclose(a[i], a1, rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_memoised_fold_selection_equals_a_fresh_one(seed):
+    """The memo on the moments returns what a fresh selection computes, for every kept set
+    (a different predictor pool is a different key), and is filled by the first call."""
+    cs = _stats(seed, 0.5, 0.5)
+    ug = _UG(8)
+    units = ug.cuts["t"].units
+    for kept in (set(units), set(units) - {"u1", "u5"}, {"u2", "u4", "u6"}):
+        fresh = fit_cut(ug, _stats(seed, 0.5, 0.5), ["u0", "u3"], kept)
+        first = fit_cut(ug, cs, ["u0", "u3"], kept)
+        again = fit_cut(ug, cs, ["u0", "u3"], kept)
+        for u in ("u0", "u3"):
+            for f in (first[u], again[u]):
+                assert f.pred == fresh[u].pred
+                np.testing.assert_array_equal(f.coef, fresh[u].coef)
+                np.testing.assert_array_equal(f.offset, fresh[u].offset)
+                assert f.resid == fresh[u].resid
+    assert len(cs.memo[("fold", "o")]) == 6  # two targets x three pools
+    again["u0"].coef[:] = 0.0  # fits own their coefficients: the memo is not aliased
+    assert fit_cut(ug, cs, ["u0"], {"u2", "u4", "u6"})["u0"].coef.any()
