@@ -91,14 +91,16 @@ def analyze(
     device: str = "auto",
     seed: int = 0,
     progress: Progress | None = None,
+    swap_p: float = 0.5,
 ) -> Plan:
-    """Runs the budgeted search (DESIGN §2) and returns the abstraction plan."""
+    """Runs the budgeted search (DESIGN §2) and returns the abstraction plan. `swap_p`: see
+    compress."""
     ug = model if isinstance(model, UnitGraph) else find_units(_model(model))
     feeds, _, _ = prepare_data(ug.model, data, samples, seed)
     return _search(
         ug, feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
         criterion=criterion, fold=fold, seed=seed, batch_size=batch_size, device=device,
-        progress=progress,
+        progress=progress, p=swap_p,
     ).plan  # fmt: skip
 
 
@@ -135,6 +137,7 @@ def compress(
     tolerance: float = 1e-4,
     progress: Progress | None = None,
     align: int | None = None,
+    swap_p: float = 0.5,
 ) -> Result:
     """Finds a sparse causal abstraction of `model` and compiles it.
 
@@ -145,6 +148,11 @@ def compress(
     plan's simulation by more than `tolerance` (relative to the output scale). `align`: re-keep
     the costliest removed units until every convolutional cut keeps a multiple of `align`
     channels (scmopt.align; faster onnxruntime CPU kernels), before compiling and measuring.
+    `swap_p`: the probability p with which an interchange swaps each kept unit in the
+    interventional distribution I (DESIGN §2) that fits, risk and IIA are made under. 0.5
+    weighs interventions as DESIGN does; a small p (0.05) fits closer to plain inputs: higher
+    fidelity and lower plain risk, at about the same IIA at p = 0.5 and a slightly higher
+    interventional risk at p = 0.5 (BENCHMARKS.md §9).
     """
     t0 = time.perf_counter()
     if align is not None:
@@ -162,7 +170,7 @@ def compress(
     found = _search(
         ug, fit_feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
         criterion=criterion, fold=fold, batch_size=batch_size, device=device, seed=seed,
-        progress=progress,
+        progress=progress, p=swap_p,
     )  # fmt: skip
     plan = found.plan
     re_kept = 0
@@ -186,7 +194,7 @@ def compress(
             f"(tolerance {tolerance * max(scale, 1.0):.3g}); nothing written"
         )
     iia = validate.artifact_iia(
-        ug, plan, compiled.model, compiled.kept_positions, val_feeds, seed=seed,
+        ug, plan, compiled.model, compiled.kept_positions, val_feeds, p=swap_p, seed=seed,
         batch_size=batch_size,
     )  # fmt: skip
     centered = f_orig.reshape(len(f_orig), -1) - f_orig.reshape(len(f_orig), -1).mean(0)
@@ -202,6 +210,7 @@ def compress(
         "agreement": validate.agreement(f_orig, f_comp),
         "iia": float(np.mean(list(iia.values()))) if iia else 1.0,
         "iia_per_cut": iia,
+        "iia_p": swap_p,
         "samples": int(n_val),
         "search": found.metrics,
         "certificate": certificate.flip_bound(f_orig, f_comp),
@@ -238,6 +247,7 @@ def compress(
             "min_iia": min_iia,
             "keep": keep,
             "seed": seed,
+            "swap_p": swap_p,
             "samples": n,
             "holdout": n_val,
         },  # fmt: skip

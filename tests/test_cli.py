@@ -175,3 +175,10 @@ def test_two_stopping_rules(tmp_path, calib):
 def test_traceback_only_with_verbose(tmp_path):
     res = CliRunner().invoke(main, ["inspect", str(tmp_path / "nope.onnx"), "-v"])
     assert res.exit_code == 2 and "Traceback" in res.output
+
+
+@pytest.mark.parametrize("p", ["0", "-0.1", "1.5"])
+def test_swap_p_outside_0_1(tmp_path, calib, p):
+    res = run(CNN, str(tmp_path / "o.onnx"), "--data", calib, "--keep", "0.5", "--swap-p", p)
+    assert_usage_error(res, "swap probability")
+    assert not (tmp_path / "o.onnx").exists()

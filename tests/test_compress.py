@@ -183,3 +183,15 @@ def test_output_option_selects_the_logits(tmp_path, calib):
     assert [o.name for o in onnx.load(str(out)).graph.output] == [hidden, "logits"]
     bad = CliRunner().invoke(main, [str(src), str(out), "--data", calib, "--output", "nope"])
     assert bad.exit_code == 2 and "no output 'nope'" in bad.output
+
+
+def test_swap_p_sets_the_interventional_distribution(calib):
+    """swap_p is the p of I for fits, risk and IIA: a small p fits closer to plain inputs, so
+    the plain-input risk of the compiled model drops (BENCHMARKS.md §9)."""
+    data = dict(np.load(calib))
+    half = scmopt.compress(CNN, data, keep=0.3, seed=0)
+    low = scmopt.compress(CNN, data, keep=0.3, seed=0, swap_p=0.05)
+    assert half.report["settings"]["swap_p"] == 0.5 and half.report["fidelity"]["iia_p"] == 0.5
+    assert low.report["settings"]["swap_p"] == 0.05 and low.report["fidelity"]["iia_p"] == 0.05
+    assert len(low.plan.removed) == len(half.plan.removed)
+    assert low.report["fidelity"]["risk_plain"] < 0.8 * half.report["fidelity"]["risk_plain"]
