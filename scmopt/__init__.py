@@ -8,5 +8,7 @@
 __version__ = "0.1.0"
 
 from scmopt.api import Result, analyze, compile, compress  # noqa: E402
+from scmopt.errors import CompileMismatch, ScmoptError  # noqa: E402
 
-__all__ = ["Result", "analyze", "compile", "compress", "__version__"]
+__all__ = ["CompileMismatch", "Result", "ScmoptError", "analyze", "compile", "compress",
+           "__version__"]  # fmt: skip

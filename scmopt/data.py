@@ -89,6 +89,12 @@ def check_data(
     feeds: dict[str, np.ndarray], labels: np.ndarray | None, specs: Specs
 ) -> dict[str, np.ndarray]:
     """Dtype, shape (batch free), finiteness, equal lengths; returns the feeds cast safely."""
+    missing = [name for name in specs if name not in feeds]
+    if missing:
+        got = ", ".join(map(str, feeds)) or "none"
+        raise ScmoptError(
+            f"calibration data has no array for model input(s) {', '.join(missing)} (got: {got})"
+        )
     lengths = set()
     out = {}
     for name, (shape, dtype) in specs.items():

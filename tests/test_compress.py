@@ -195,3 +195,9 @@ def test_swap_p_sets_the_interventional_distribution(calib):
     assert low.report["settings"]["swap_p"] == 0.05 and low.report["fidelity"]["iia_p"] == 0.05
     assert len(low.plan.removed) == len(half.plan.removed)
     assert low.report["fidelity"]["risk_plain"] < 0.8 * half.report["fidelity"]["risk_plain"]
+
+
+def test_python_api_data_without_the_model_input():
+    data = {"pixels": load_split("cnn_digits", "calib")["input"][:64]}
+    with pytest.raises(scmopt.ScmoptError, match="no array for model input.*got: pixels"):
+        scmopt.compress(CNN, data, keep=0.5)

@@ -355,6 +355,25 @@ def iia_layer(doc) -> str:
     return "\n".join(out)
 
 
+def swap_p(doc) -> str:
+    rows = doc["meta"]["summary"]
+    seeds = doc["meta"]["seeds"]
+    out = [machine_block(doc),
+           f"Test split, evaluated at p = 0.5; median over seeds {', '.join(map(str, seeds))} "
+           "(min-max in brackets).", "",
+           "| model | keep | units | swap p | fidelity | plain risk | IIA (p = 0.5) | "
+           "interventional risk (p = 0.5) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def cell(r, m):
+        return f"{f3(r[m + '_median'])} ({f3(r[m + '_min'])}-{f3(r[m + '_max'])})"
+
+    for r in rows:
+        out.append(f"| {r['model']} | {r['keep']} | {r['units']} | {r['swap_p']} | "
+                   f"{cell(r, 'test_agreement')} | {cell(r, 'test_risk_plain')} | "
+                   f"{cell(r, 'test_iia')} | {cell(r, 'test_risk')} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def summary(_doc=None) -> str:
     """The issue's goals against what was measured (each line from one result file)."""
     out = ["| goal | measured | met? |", "|---|---|---|"]
@@ -457,7 +476,7 @@ def summary(_doc=None) -> str:
 
 SECTIONS = {"summary": summary, "quality": quality, "curvature": curvature, "speed": speed,
             "deploy": deploy, "peers": peers, "causal": causal, "scaling": scaling,
-            "iia_layer": iia_layer}  # fmt: skip
+            "iia_layer": iia_layer, "swap_p": swap_p}  # fmt: skip
 
 
 def main() -> None:
