@@ -239,18 +239,27 @@ def _cost(stats: Stats, kappa: dict[str, np.ndarray], at: dict[str, Fit], out_va
 def residual_cov(cs: CutStats, fits: list[Fit], fold: bool, target: str = "o") -> np.ndarray:
     """E_I[d_u d_v] (within-position, pooled) for the residuals d = a - r of `fits` at one cut.
     Removed units are never swapped, their predictors are: target-target pairs use plain
-    moments, target-predictor pairs the one-swapped ones, predictor pairs the two-swapped."""
-    c = cs.channels
-    t = np.zeros((len(fits), c))
-    a = np.zeros((len(fits), c))
-    for r, f in enumerate(fits):
-        t[r, f.channels[0]] = 1.0
-        if fold and f.pred and f.resid < f.var:
-            a[r, f.pred_idx] = -f.coef
-    c0, c1 = cs.covariance(0, target, target), cs.covariance(1, target, "p")
-    c2 = cs.covariance(2)
-    cross = t @ c1 @ a.T
-    return t @ c0 @ t.T + cross + cross.T + a @ c2 @ a.T
+    moments, target-predictor pairs the one-swapped ones, predictor pairs the two-swapped.
+    Folds have a handful of predictors: gathered, not multiplied as dense [n, C] rows (the
+    search calls this for every candidate on cuts with hundreds of channels)."""
+    ch = np.array([f.channels[0] for f in fits], dtype=int)
+    out = cs.covariance(0, target, target)[np.ix_(ch, ch)].copy()
+    folded = [r for r, f in enumerate(fits) if fold and f.pred and f.resid < f.var]
+    if not folded:
+        return out
+    width = max(len(fits[r].pred_idx) for r in folded)
+    idx = np.zeros((len(folded), width), dtype=int)
+    coef = np.zeros((len(folded), width))
+    for i, r in enumerate(folded):
+        k = len(fits[r].pred_idx)
+        idx[i, :k], coef[i, :k] = fits[r].pred_idx, -fits[r].coef
+    c1, c2 = cs.covariance(1, target, "p"), cs.covariance(2)
+    cross = np.einsum("mkw,kw->mk", c1[ch][:, idx], coef)  # target u x fold r
+    inner = np.einsum("kw,kwlv,lv->kl", coef, c2[idx[:, :, None, None], idx[None, None]], coef)
+    out[:, folded] += cross
+    out[folded, :] += cross.T
+    out[np.ix_(folded, folded)] += inner
+    return out
 
 
 def select(

@@ -178,3 +178,25 @@ def test_memoised_fold_selection_equals_a_fresh_one(seed):
     assert len(cs.memo[("fold", "o")]) == 6  # two targets x three pools
     again["u0"].coef[:] = 0.0  # fits own their coefficients: the memo is not aliased
     assert fit_cut(ug, cs, ["u0"], {"u2", "u4", "u6"})["u0"].coef.any()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gathered_residual_covariance_equals_the_dense_formula(seed):
+    """residual_cov gathers the few predictors of each fold; the dense form T C0 T' + T C1 A' +
+    A C1' T' + A C2 A' (T one-hot targets, A minus the coefficients) is the reference."""
+    cs = _stats(seed, 0.5, 0.5)
+    ug = _UG(8)
+    fits = fit_cut(ug, cs, ["u0", "u3", "u5"], {"u1", "u2", "u4", "u6", "u7"}, max_coef=3)
+    fits["u3"] = fit_cut(ug, cs, ["u3"], {"u1"}, max_coef=1)["u3"]  # fewer predictors
+    fits["u5"].pred, fits["u5"].resid = [], np.inf  # a constant among the folds
+    order = [fits[u] for u in ("u0", "u3", "u5")]
+    t = np.zeros((3, 8))
+    a = np.zeros((3, 8))
+    for r, f in enumerate(order):
+        t[r, f.channels[0]] = 1.0
+        if f.pred:
+            a[r, f.pred_idx] = -f.coef
+    c0, c1, c2 = cs.covariance(0, "o", "o"), cs.covariance(1, "o", "p"), cs.covariance(2)
+    dense = t @ c0 @ t.T + t @ c1 @ a.T + (t @ c1 @ a.T).T + a @ c2 @ a.T
+    np.testing.assert_allclose(residual_cov(cs, order, fold=True), dense, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(residual_cov(cs, order, fold=False), t @ c0 @ t.T, rtol=1e-12)
