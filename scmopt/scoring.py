@@ -331,25 +331,36 @@ def select(
         after = {t: joint(t, chosen + [u], fits) for t in cur[u]}
         return sum(after[t] - base_joint[t] for t in after), new, after
 
+    def ordering(t: str) -> dict[str, float]:
+        """Cheap ordering terms of the live units at cut t: own + cross terms, current fits."""
+        units = [u for u in chosen + sorted(live) if t in cur[u]]
+        if not any(u in live for u in units):
+            return {}
+        d = residual_cov(stats.cuts[t], [cur[u][t] for u in units], fold, target)
+        k = kmat(t, units, cur)
+        r_idx = [i for i, u in enumerate(units) if u not in live]
+        scale = stats.cuts[t].positions / out_var
+        return {u: scale * (k[i, i] * d[i, i] + 2.0 * float(k[r_idx, i] @ d[r_idx, i]))
+                for i, u in enumerate(units) if u in live}  # fmt: skip
+
+    terms: dict[str, dict[str, float]] = {}
+    dirty = set(stats.cuts)  # cuts whose units or fits changed since their terms were made
     while live and (count is None or len(chosen) < count):
-        base = dict.fromkeys(live, 0.0)  # cheap ordering: own + cross terms, current fits
         for t in stats.cuts:
-            units = [u for u in chosen + sorted(live) if t in cur[u]]
-            if not any(u in live for u in units):
-                continue
-            d = residual_cov(stats.cuts[t], [cur[u][t] for u in units], fold, target)
-            k = kmat(t, units, cur)
-            r_idx = [i for i, u in enumerate(units) if u not in live]
-            scale = stats.cuts[t].positions / out_var
-            for i, u in enumerate(units):
-                if u in live:
-                    base[u] += scale * (k[i, i] * d[i, i] + 2.0 * float(k[r_idx, i] @ d[r_idx, i]))
+            if t in dirty:
+                terms[t] = ordering(t)
+        dirty = set()
+        base = dict.fromkeys(live, 0.0)
+        for t in stats.cuts:  # summed in cut order, as one pass over the cuts would
+            for u, v in terms[t].items():
+                base[u] += v
         best = None
         for u in sorted(live, key=lambda v: (base[v], v)):
             if best is not None and base[u] >= best[0]:
                 break
             if not allowed(u, chosen):
                 live.discard(u)
+                dirty.update(cur[u])
                 continue
             c, new, after = delta(u)
             if best is None or c < best[0]:
@@ -368,6 +379,8 @@ def select(
         stale = [u for u in sorted(live) if j in preds(u)]
         if stale:
             cur.update(refit(kept, stale))
+        for u in [j, *new, *stale]:
+            dirty.update(cur[u])
     return chosen, {u: cur[u] for u in chosen}, total
 
 
