@@ -297,6 +297,8 @@ def select(
     def preds(u: str) -> set[str]:
         return {k for f in cur[u].values() for k in f.pred}
 
+    leaned: dict[str, tuple[dict[str, int], np.ndarray]] = {}
+
     def kmat(t: str, units: list[str], fits: dict[str, dict[str, Fit]]) -> np.ndarray:
         ch = [fits[u][t].channels[0] for u in units]
         lean = (leaning or {}).get(t, {})
@@ -304,13 +306,18 @@ def select(
             if coupling is None:
                 return np.diag(sc.kappa[t][ch])
             return coupling[t][np.ix_(ch, ch)]
-        full = np.diag(sc.kappa[t]) if coupling is None else coupling[t]
-        e = np.zeros((len(full), len(units)))
-        for j, (u, c) in enumerate(zip(units, ch, strict=True)):
-            e[c, j] = 1.0
-            if u in lean:
-                e[:, j] += lean[u]
-        return e.T @ np.nan_to_num(full) @ e
+        if t not in leaned:  # e_u^T K e_v for every pair of units at t, made once per call
+            at = [u for u in cur if t in cur[u]]
+            full = np.diag(sc.kappa[t]) if coupling is None else coupling[t]
+            e = np.zeros((len(full), len(at)))
+            for j, u in enumerate(at):
+                e[cur[u][t].channels[0], j] = 1.0
+                if u in lean:
+                    e[:, j] += lean[u]
+            leaned[t] = ({u: j for j, u in enumerate(at)}, e.T @ np.nan_to_num(full) @ e)
+        pos, k = leaned[t]
+        idx = [pos[u] for u in units]
+        return k[np.ix_(idx, idx)]
 
     def joint(t: str, units: list[str], fits: dict[str, dict[str, Fit]]) -> float:
         """Second-order risk of removing `units` together at cut t."""
