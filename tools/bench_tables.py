@@ -410,6 +410,19 @@ def summary(_doc=None) -> str:
                 + ", ".join(f"{m} {f3(v)}" for m, v in got.items())
                 + f" | {'yes' if pick and all(v >= goal for v in pick.values()) else 'no'} |"
             )
+    sw = load("swap_p")
+    if sw:
+        got = {(r["model"], r["swap_p"]): r for r in sw["meta"]["summary"]
+               if r["keep"] == 0.3 and r["model"] in ("cnn_digits", "resnet_digits")}  # fmt: skip
+        cells = [f"{m} p {p}: min {f3(r['test_agreement_min'])} / median "
+                 f"{f3(r['test_agreement_median'])}" for (m, p), r in got.items()]  # fmt: skip
+        ok = {m: r["test_agreement_min"] >= 0.95 for (m, p), r in got.items() if p == 0.05}
+        out.append(
+            f"| fidelity >= 0.95 with <= 30% of units kept, `--swap-p` (test split, seeds "
+            f"{', '.join(map(str, sw['meta']['seeds']))}) | {'; '.join(cells)} | "
+            f"{'yes, with --swap-p 0.05' if ok and all(ok.values()) else 'no'} |"
+        )
+    if q:
         by = defaultdict(dict)
         for r in q["rows"]:
             if "error" not in r:
