@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 
 from scmopt import runtime
 from scmopt.errors import ScmoptError
@@ -97,7 +95,7 @@ class Runner:
         self.sites = sites(ug)
         self.output = ug.model.graph.output[0].name
         dyn = dynamic_batch(ug.model)
-        self.batched = _accepts_batch(dyn, data, device)
+        self.batched = runtime.accepts_batch(dyn, data, device)
         base = dyn if self.batched else ug.model
         specs = {
             t: HookSpec(plan="input", patch=self.batched, perturb=not self.batched, capture=True)
@@ -201,18 +199,6 @@ class Runner:
             for k, t in enumerate(self.sites):
                 captured[t] = np.concatenate([c[k] for c in caps]).reshape(n, self.channels[t], -1)
         return out, captured
-
-
-def _accepts_batch(model: onnx.ModelProto, data: Feeds, device: str) -> bool:
-    """True when the model runs with a batch of two (some exports bake the batch size in)."""
-    probe = {k: np.concatenate([v[:1], v[:1]]) for k, v in data.items()}
-    quiet = ort.RunOptions()
-    quiet.log_severity_level = 4
-    try:
-        runtime.session(model, device, spinning=False).run(None, probe, quiet)
-    except Exception:  # onnxruntime raises several types for shape errors
-        return False
-    return True
 
 
 @dataclass

@@ -6,6 +6,10 @@
   compiled one, through hooks on the compiled model's cut tensors, mapping old channel indices
   to new ones with the plan's kept positions;
 - latency: onnxruntime CPU median over repeated runs.
+
+Models exported with a fixed batch size of 1 run with a symbolic batch axis when they allow it
+(intervene.dynamic_batch), otherwise one sample per run; interchanges then add the swapped
+difference through a perturbation hook instead of gathering the source from the batch.
 """
 
 from __future__ import annotations
@@ -15,14 +19,23 @@ import time
 import numpy as np
 import onnx
 
-from scmopt.intervene import HookSpec, hook
+from scmopt.intervene import HookSpec, dynamic_batch, hook
 from scmopt.plan import Plan
-from scmopt.runtime import run_batched, session
+from scmopt.runtime import accepts_batch, run_batched, session
 from scmopt.units import UnitGraph
 
 
+def batchable(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto | None:
+    """`model` with a symbolic batch axis when it runs on batches that way, else None."""
+    dyn = dynamic_batch(model)
+    return dyn if accepts_batch(dyn, feeds, "cpu") else None
+
+
 def logits(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch_size: int = 256):
-    return run_batched(session(model), feeds, batch_size)[0]
+    dyn = batchable(model, feeds)
+    if dyn is None:
+        return run_batched(session(model), feeds, 1)[0]
+    return run_batched(session(dyn), feeds, batch_size)[0]
 
 
 def max_abs_error(a: onnx.ModelProto, b: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
@@ -44,13 +57,16 @@ def artifact_iia(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """IIA per cut (cuts with prunable units): original vs compiled under the same swaps."""
+    cuts = [t for t, c in ug.cuts.items() if any(ug.units[u].prunable for u in c.units)]
+    channels = {t: len(kept_positions[t]) for t in cuts}
+    orig, comp = batchable(ug.model, feeds), batchable(compiled, feeds)
+    if orig is None or comp is None:
+        return _iia_per_sample(ug, plan, compiled, kept_positions, feeds, p, seed, cuts)
     rng = np.random.default_rng(seed)
     n = len(next(iter(feeds.values())))
-    cuts = [t for t, c in ug.cuts.items() if any(ug.units[u].prunable for u in c.units)]
     specs = {t: HookSpec(patch=True) for t in cuts}
-    orig = session(hook(ug, specs).model)
-    channels = {t: len(kept_positions[t]) for t in cuts}
-    comp = session(hook(ug, specs, model=compiled, channels=channels).model)
+    orig = session(hook(ug, specs, model=orig).model)
+    comp = session(hook(ug, specs, model=comp, channels=channels).model)
     result: dict[str, float] = {}
     removed = plan.removed
     for t in cuts:
@@ -71,6 +87,47 @@ def artifact_iia(
             f_orig = orig.run(None, {**batch, **_patch_feeds(specs, masks, src, None)})[0]
             f_comp = comp.run(None, {**batch, **_patch_feeds(specs, masks, src, kept_positions)})[0]
             hits += int(np.sum(f_orig.reshape(b, -1).argmax(1) == f_comp.reshape(b, -1).argmax(1)))
+        result[t] = hits / n
+    return result
+
+
+def _iia_per_sample(ug, plan, compiled, kept_positions, feeds, p, seed, cuts):
+    """artifact_iia for models that only run one sample at a time: a null pass captures every
+    cut, then each interchange adds mask * (source - base) at its cut. Sources are drawn from
+    the whole data (a permutation), swap masks as in the batched path."""
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(feeds.values())))
+    specs = {t: HookSpec(perturb=True, capture=True) for t in cuts}
+    channels = {t: len(kept_positions[t]) for t in cuts}
+    hooked = {"o": hook(ug, specs), "c": hook(ug, specs, model=compiled, channels=channels)}
+    sessions = {k: session(h.model) for k, h in hooked.items()}
+
+    def run(which: str, i: int, deltas: dict[str, np.ndarray]) -> list[np.ndarray]:
+        h = hooked[which]
+        x = {k: v[i : i + 1] for k, v in feeds.items()}
+        for t in cuts:
+            shape = (1, channels[t] if which == "c" else ug.cuts[t].channels, 1)
+            x[h.inputs[t]["delta"]] = deltas.get(t, np.zeros(shape, np.float32))
+        return sessions[which].run([h.model.graph.output[0].name] + [h.outputs[t] for t in cuts], x)
+
+    null = {w: [run(w, i, {}) for i in range(n)] for w in hooked}
+    result: dict[str, float] = {}
+    removed = plan.removed
+    for k, t in enumerate(cuts):
+        c = ug.cuts[t].channels
+        kept = np.array([u not in removed for u in ug.cuts[t].units])
+        src = rng.permutation(n)
+        mask = (rng.random((n, c)) < p) & kept
+        hits = 0
+        for i in range(n):
+            out = {}
+            for w in hooked:
+                cols = kept_positions[t] if w == "c" else np.arange(c)
+                base = null[w][i][1 + k].reshape(len(cols), -1)
+                diff = null[w][src[i]][1 + k].reshape(len(cols), -1) - base
+                d = (mask[i, cols][:, None] * diff).astype(np.float32)[None]
+                out[w] = run(w, i, {t: d})[0] if mask[i].any() else null[w][i][0]
+            hits += int(out["o"].reshape(-1).argmax() == out["c"].reshape(-1).argmax())
         result[t] = hits / n
     return result
 

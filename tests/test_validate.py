@@ -1,0 +1,64 @@
+"""Validation on models that run one sample at a time (batch size baked in by the export)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from plans import random_plan
+from test_curvature import inputs, relu_model
+
+import scmopt
+from models import load_split, model_path
+from scmopt import graph, validate
+from scmopt.compiler import compile_plan
+from scmopt.units import analyze
+
+
+@pytest.mark.parametrize("plan_seed", [1, 3])
+def test_per_sample_iia_equals_the_batched_one(plan_seed):
+    """Same swaps (one batch = all samples draws what the per-sample path draws): same IIA."""
+    ug = analyze(relu_model())
+    x = inputs(60)
+    plan = random_plan(ug, 0.5, seed=plan_seed, fold_prob=1.0)
+    comp = compile_plan(ug, plan)
+    args = (ug, plan, comp.model, comp.kept_positions, x)
+    batched = validate.artifact_iia(*args, batch_size=60, seed=3)
+    single = validate._iia_per_sample(*args, 0.5, 3, list(batched))
+    assert batched == single
+    assert 0.0 < min(batched.values()) < 1.0  # the plan is visible to the interventions
+
+
+def test_logits_of_a_baked_batch_model():
+    fixed, dyn = relu_model(fixed_batch=True), relu_model()
+    x = inputs(12)
+    assert validate.batchable(fixed, x) is None
+    assert validate.batchable(dyn, x) is not None
+    np.testing.assert_allclose(validate.logits(fixed, x), validate.logits(dyn, x), rtol=1e-6)
+
+
+def test_compress_a_baked_batch_model_end_to_end():
+    fixed = relu_model(fixed_batch=True)
+    res = scmopt.compress(fixed, inputs(64), keep=0.5, seed=0)
+    fid = res.report["fidelity"]
+    assert set(fid["iia_per_cut"]) and all(0 <= v <= 1 for v in fid["iia_per_cut"].values())
+    assert res.report["compile_max_abs_error"] < 1e-4
+    twin = scmopt.compress(relu_model(), inputs(64), keep=0.5, seed=0)
+    assert fid["agreement"] == twin.report["fidelity"]["agreement"]
+
+
+@pytest.mark.parametrize("name", ["cnn_digits"])
+def test_compress_a_model_exported_with_batch_one(name):
+    """Fixed batch 1 at the graph's inputs and outputs (a common export): validation runs it
+    with a symbolic batch axis, and gives what the same network with a dynamic batch gives."""
+    model = graph.load(model_path(name))
+    fixed = onnx.ModelProto.FromString(model.SerializeToString())
+    for vi in list(fixed.graph.input) + list(fixed.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    data = {k: v[:256] for k, v in load_split(name, "calib").items()}
+    a = scmopt.compress(fixed, data, keep=0.5, seed=0)
+    b = scmopt.compress(model, data, keep=0.5, seed=0)
+    assert a.plan.to_json() == b.plan.to_json()
+    for key in ("agreement", "iia", "risk_plain"):
+        assert a.report["fidelity"][key] == pytest.approx(b.report["fidelity"][key], abs=1e-9)
+    assert [d.dim_value for d in a.model.graph.input[0].type.tensor_type.shape.dim][0] == 1
