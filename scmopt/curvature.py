@@ -132,7 +132,9 @@ class Prober:
     def _session(self, key: str):
         if key not in self._sessions:
             model = self.capture_model if key == "" else self.subs[key]
-            self._sessions[key] = runtime.session(model, self.device, spinning=False)
+            # no arena: each of these sessions would keep its largest probe batch's memory
+            # (squeezenet, 32 samples: 12.9 GB peak with arenas, 2.1 GB without)
+            self._sessions[key] = runtime.session(model, self.device, spinning=False, arena=False)
         return self._sessions[key]
 
     def cache(self, x: Feeds, plan_feeds: Feeds) -> Feeds:

@@ -67,14 +67,17 @@ def session(
     device: str = "auto",
     threads: int | None = None,
     spinning: bool = True,
+    arena: bool = True,
 ) -> ort.InferenceSession:
     """An inference session for an in-memory model (no file round-trip).
 
     `spinning=False` stops worker threads from busy-waiting after a run, which leaves the
-    cores to numpy when analysis interleaves many short calls with array work.
+    cores to numpy when analysis interleaves many short calls with array work. `arena=False`
+    returns memory after each run instead of keeping the largest run's in a CPU arena.
     """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = arena
     if threads:
         opts.intra_op_num_threads = threads
     if not spinning:

@@ -42,3 +42,16 @@ def test_run_batched_concatenates():
     whole = sess.run(None, {"x": x})[0]
     (batched,) = runtime.run_batched(sess, {"x": x}, batch_size=3)
     np.testing.assert_allclose(batched, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_session_without_arena_computes_the_same():
+    x = np.random.default_rng(1).normal(size=(7, 3, 5, 5)).astype(np.float32)
+    with_arena = runtime.session(padded_convnet(), device="cpu")
+    without = runtime.session(padded_convnet(), device="cpu", arena=False)
+    assert without.get_session_options().enable_cpu_mem_arena is False
+    np.testing.assert_array_equal(with_arena.run(None, {"x": x})[0], without.run(None, {"x": x})[0])
+
+
+def test_accepts_batch():
+    x = {"x": np.zeros((3, 3, 5, 5), np.float32)}
+    assert runtime.accepts_batch(padded_convnet(), x, "cpu")
