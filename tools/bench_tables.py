@@ -374,6 +374,22 @@ def swap_p(doc) -> str:
     return "\n".join(out)
 
 
+def large(doc) -> str:
+    out = [machine_block(doc),
+           "| model | input | units (cuts) | samples | keep | kept | wall s | stats s | "
+           "curvature s | selection s | measure s | peak RSS MB | FLOPs before -> after | "
+           "compile error |", "|---" * 14 + "|"]  # fmt: skip
+    for r in doc["rows"]:
+        s = r["timing"]["search"]
+        out.append(f"| {r['model']} | {'x'.join(map(str, r['input_shape']))} | {r['units']} "
+                   f"({r['cuts']}) | {r['samples']} | {r['keep']} | {r['kept']} | "
+                   f"{r['wall_s']:.0f} | {s['stats']:.0f} | {s['curvature']:.0f} | "
+                   f"{s['selection']:.0f} | {s['measure']:.0f} | {r['peak_rss_mb']:.0f} | "
+                   f"{r['flops_before']:,} -> {r['flops_after']:,} | "
+                   f"{r['compile_error']:.1e} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def summary(_doc=None) -> str:
     """The issue's goals against what was measured (each line from one result file)."""
     out = ["| goal | measured | met? |", "|---|---|---|"]
@@ -489,7 +505,7 @@ def summary(_doc=None) -> str:
 
 SECTIONS = {"summary": summary, "quality": quality, "curvature": curvature, "speed": speed,
             "deploy": deploy, "peers": peers, "causal": causal, "scaling": scaling,
-            "iia_layer": iia_layer, "swap_p": swap_p}  # fmt: skip
+            "iia_layer": iia_layer, "swap_p": swap_p, "large": large}  # fmt: skip
 
 
 def main() -> None:
