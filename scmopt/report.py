@@ -71,7 +71,7 @@ def render_html(report: dict, ug: UnitGraph) -> str:
         ("FLOPs / sample", f"{report['flops']['before']:,} → {report['flops']['after']:,}"),
         ("interventional risk (normalised)", _fmt(fid.get("risk"))),
         ("fidelity (top-1 agreement)", _fmt(fid.get("agreement"))),
-        ("IIA (mean over cuts)", _fmt(fid.get("iia"))),
+        (f"IIA (mean over cuts, p = {fid.get('iia_p', 0.5):g})", _fmt(fid.get("iia"))),
         ("compile max abs error vs simulation", _fmt(report.get("compile_max_abs_error"))),
         ("time (s)", _fmt(report["timing_s"].get("total"))),
     ]
