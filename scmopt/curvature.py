@@ -98,8 +98,8 @@ class Prober:
         self.device = device
         self.batched = batched
         self.max_batch = max_batch if batched else 1
-        # values of the cut tensor per probe call: each session's arena keeps its largest call,
-        # and 512 copies of an ImageNet-size feature map took squeezenet to 13-18 GB
+        # values of the cut tensor per probe call: bounds one call's working memory (512 copies
+        # of an ImageNet-size feature map are several GB)
         self.max_elements = max_elements
         base = dynamic_batch(ug.model) if batched else ug.model
         hooked = hook(ug, {t: HookSpec(plan="input") for t in sites}, model=base)

@@ -96,16 +96,25 @@ def session(
         return ort.InferenceSession(lowered.SerializeToString(), opts, providers=providers(device))
 
 
-def accepts_batch(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: str) -> bool:
-    """True when the model runs with a batch of two (some exports bake the batch size in)."""
+def batched_session(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: str
+) -> ort.InferenceSession | None:
+    """A session for `model` when it runs with a batch of two, else None (some exports bake the
+    batch size in)."""
     probe = {k: np.concatenate([v[:1], v[:1]]) for k, v in feeds.items()}
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4
     try:
-        session(model, device, spinning=False).run(None, probe, quiet)
+        sess = session(model, device, spinning=False)
+        sess.run(None, probe, quiet)
     except Exception:  # onnxruntime raises several types for shape errors
-        return False
-    return True
+        return None
+    return sess
+
+
+def accepts_batch(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: str) -> bool:
+    """True when the model runs with a batch of two."""
+    return batched_session(model, feeds, device) is not None
 
 
 def batches(feeds: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -96,7 +96,7 @@ def fit_cut(
     return fits
 
 
-def _fold(fit, cand, cov1, cov2, mu, tmu, vj, jj, max_coef, pool, ridge, memo=None) -> None:
+def _fold(fit, cand, cov1, cov2, mu, tmu, vj, jj, max_coef, pool, ridge, memo) -> None:
     """Greedy forward selection by exact residual reduction over the most correlated pool.
     cov1[k, j]: predictor k (plan) x target j (original); cov2: predictors; vj: target var.
     `memo` (per set of moments and target kind): the selection depends only on (j, pool), and
@@ -107,12 +107,9 @@ def _fold(fit, cand, cov1, cov2, mu, tmu, vj, jj, max_coef, pool, ridge, memo=No
     corr = np.abs(cov1[cand, jj]) / np.sqrt(dk * vj)
     cand = cand[np.argsort(-corr, kind="stable")[:pool]]
     key = (jj, cand.tobytes(), max_coef, ridge)
-    found = None if memo is None else memo.get(key)
-    if found is None:
-        found = _forward(cov1, cov2, cand, jj, vj, max_coef, ridge)
-        if memo is not None:
-            memo[key] = found
-    chosen, coef, resid = found
+    if key not in memo:
+        memo[key] = _forward(cov1, cov2, cand, jj, vj, max_coef, ridge)
+    chosen, coef, resid = memo[key]
     if not chosen:
         return
     fit.pred_idx = np.array(chosen, dtype=int)

@@ -21,7 +21,7 @@ import onnx
 
 from scmopt.intervene import HookSpec, dynamic_batch, hook
 from scmopt.plan import Plan
-from scmopt.runtime import accepts_batch, run_batched, session
+from scmopt.runtime import accepts_batch, batched_session, run_batched, session
 from scmopt.units import UnitGraph
 
 
@@ -32,10 +32,10 @@ def batchable(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.Mode
 
 
 def logits(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch_size: int = 256):
-    dyn = batchable(model, feeds)
-    if dyn is None:
+    sess = batched_session(dynamic_batch(model), feeds, "cpu")
+    if sess is None:
         return run_batched(session(model), feeds, 1)[0]
-    return run_batched(session(dyn), feeds, batch_size)[0]
+    return run_batched(sess, feeds, batch_size)[0]
 
 
 def max_abs_error(a: onnx.ModelProto, b: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
@@ -58,10 +58,10 @@ def artifact_iia(
 ) -> dict[str, float]:
     """IIA per cut (cuts with prunable units): original vs compiled under the same swaps."""
     cuts = [t for t, c in ug.cuts.items() if any(ug.units[u].prunable for u in c.units)]
-    channels = {t: len(kept_positions[t]) for t in cuts}
     orig, comp = batchable(ug.model, feeds), batchable(compiled, feeds)
     if orig is None or comp is None:
         return _iia_per_sample(ug, plan, compiled, kept_positions, feeds, p, seed, cuts)
+    channels = {t: len(kept_positions[t]) for t in cuts}
     rng = np.random.default_rng(seed)
     n = len(next(iter(feeds.values())))
     specs = {t: HookSpec(patch=True) for t in cuts}
