@@ -22,7 +22,7 @@ import onnx
 import torch
 from torch import nn
 
-from scmopt.cost import count_flops, count_params
+from scmopt.ops.cost import count_flops, count_params
 
 from . import MANIFEST, zoo_dir
 from . import architectures as arch

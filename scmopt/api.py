@@ -11,15 +11,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from scmopt import __version__, certificate, cost, graph, report, validate
-from scmopt.align import align_plan, check_block
-from scmopt.compiler import compile_plan
-from scmopt.data import load_data, random_data
+from scmopt import __version__
+from scmopt.analysis.align import align_plan, check_block
+from scmopt.compiler.compile import compile_plan
 from scmopt.errors import CompileMismatch, ScmoptError
-from scmopt.intervene import simulate
+from scmopt.evaluation import certificate, validate
+from scmopt.io import graph
+from scmopt.io.data import load_data, random_data
+from scmopt.ops import cost
 from scmopt.plan import Plan
-from scmopt.units import UnitGraph
-from scmopt.units import analyze as find_units
+from scmopt.report import html as report
+from scmopt.runtime.hooks import simulate
+from scmopt.units.analysis import UnitGraph
+from scmopt.units.analysis import analyze as find_units
 
 CRITERIA = ("curvature", "layer", "variance", "magnitude", "random", "ablation")
 Progress = Callable[[str, int, int], None]
@@ -60,7 +64,7 @@ def prepare_data(
             "model; pass calibration data"
         )
     elif isinstance(data, dict):
-        from scmopt.data import check_data
+        from scmopt.io.data import check_data
 
         data = dict(data)
         labels = data.pop("y", None)
@@ -106,7 +110,7 @@ def analyze(
 
 def _search(ug: UnitGraph, feeds: dict[str, np.ndarray], *, criterion: str, **options):
     """The search on checked feeds; returns the SearchResult (plan, trajectory, metrics)."""
-    from scmopt.search import search
+    from scmopt.analysis.search import search
 
     if criterion not in CRITERIA:
         raise ScmoptError(f"unknown criterion {criterion!r} (one of {', '.join(CRITERIA)})")

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import click
 
-from scmopt import cost, examples, graph
+from scmopt import examples
 from scmopt.errors import ScmoptError
+from scmopt.io import graph
+from scmopt.ops import cost
 
 COMMANDS = ("compress", "inspect", "validate")
 
@@ -172,7 +174,7 @@ def _restore_outputs(model, original):
 
 
 def _write_report(result, path: str) -> None:
-    from scmopt import report
+    from scmopt.report import html as report
 
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
     if path.endswith(".json"):
@@ -223,7 +225,7 @@ def _num(v) -> str:
 def inspect(in_path, as_json, verbose) -> None:
     """Print unit groups, frozen units with reasons, parameters and FLOPs."""
     try:
-        from scmopt.units import analyze
+        from scmopt.units.analysis import analyze
 
         model = graph.load(examples.resolve(in_path, "model"))
         graph.check(model, "input model")
@@ -285,10 +287,10 @@ def validate_cmd(original, compressed, data, runs, verbose) -> None:
     try:
         import numpy as np
 
-        from scmopt import validate
         from scmopt.api import plan_from_model, prepare_data
-        from scmopt.compiler import compile_plan
-        from scmopt.units import analyze
+        from scmopt.compiler.compile import compile_plan
+        from scmopt.evaluation import validate
+        from scmopt.units.analysis import analyze
 
         a = graph.load(examples.resolve(original, "model"))
         b = graph.load(compressed)

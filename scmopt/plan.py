@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from scmopt.errors import ScmoptError
-from scmopt.units import Cut, UnitGraph
+from scmopt.units.analysis import Cut, UnitGraph
 
 FORMAT = "scmopt-plan/1"
 

@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 
 from models import load_split, model_path
-from scmopt import graph, runtime
+from scmopt.io import graph
+from scmopt.runtime import sessions as runtime
 
 
 def outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

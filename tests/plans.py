@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from scmopt.plan import Plan
-from scmopt.units import UnitGraph
+from scmopt.units.analysis import UnitGraph
 
 
 def random_plan(

@@ -13,14 +13,14 @@ from onnx import numpy_helper
 from plans import random_plan
 
 from models import load_split, model_path
-from scmopt import graph
-from scmopt.align import align_plan, aligned_cuts
+from scmopt.analysis.align import align_plan, aligned_cuts
 from scmopt.cli import main
-from scmopt.compiler import compile_plan
+from scmopt.compiler.compile import compile_plan
 from scmopt.errors import ScmoptError
-from scmopt.intervene import simulate
+from scmopt.io import graph
 from scmopt.plan import Plan
-from scmopt.units import analyze
+from scmopt.runtime.hooks import simulate
+from scmopt.units.analysis import analyze
 
 CONV_ZOO = ("cnn_digits", "resnet_digits", "mobile_digits")
 

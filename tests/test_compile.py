@@ -16,9 +16,11 @@ from light import light_input, light_model
 from plans import random_plan
 
 from models import load_manifest
-from scmopt import cost, intervene, units
-from scmopt.compiler import compile_plan
+from scmopt import units
+from scmopt.compiler.compile import compile_plan
+from scmopt.ops import cost
 from scmopt.plan import Plan
+from scmopt.runtime import hooks as intervene
 
 TOL = 1e-5
 ZOO = [e["name"] for e in load_manifest()]

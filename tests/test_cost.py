@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from scmopt.cost import count_flops, count_params, linear_macs
+from scmopt.ops.cost import count_flops, count_params, linear_macs
 
 
 def _init(name: str, shape: tuple[int, ...], dtype=np.float32) -> onnx.TensorProto:

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from scmopt import curvature as curv
-from scmopt.measure import Runner, sites
-from scmopt.units import analyze
+from scmopt.analysis import curvature as curv
+from scmopt.analysis.measure import Runner, sites
+from scmopt.units.analysis import analyze
 
 
 # small models with known Jacobians (also used by test_measure) ------------------------------

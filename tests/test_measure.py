@@ -8,10 +8,10 @@ from plans import random_plan
 from test_curvature import inputs, relu_model
 
 from models import load_split, model_path
-from scmopt import graph
-from scmopt.measure import Evaluator, Runner, flip_bound, measure, sites
+from scmopt.analysis.measure import Evaluator, Runner, flip_bound, measure, sites
+from scmopt.io import graph
 from scmopt.plan import Plan
-from scmopt.units import analyze
+from scmopt.units.analysis import analyze
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from helpers import padded_convnet
 
-from scmopt import runtime
 from scmopt.errors import ScmoptError
+from scmopt.runtime import sessions as runtime
 
 
 def test_auto_uses_cuda_only_when_it_really_loads():

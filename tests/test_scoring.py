@@ -6,13 +6,22 @@ import numpy as np
 import pytest
 
 from models import load_split, model_path
-from scmopt import graph
-from scmopt.curvature import Prober
-from scmopt.measure import Runner
+from scmopt.analysis.curvature import Prober
+from scmopt.analysis.measure import Runner
+from scmopt.analysis.scoring import (
+    CRITERIA,
+    Scorer,
+    _ls,
+    _ls_batch,
+    apply,
+    fit_cut,
+    residual_cov,
+    select,
+)
+from scmopt.analysis.stats import CutStats, Moments, collect
+from scmopt.io import graph
 from scmopt.plan import Plan
-from scmopt.scoring import CRITERIA, Scorer, _ls, _ls_batch, apply, fit_cut, residual_cov, select
-from scmopt.stats import CutStats, Moments, collect
-from scmopt.units import analyze
+from scmopt.units.analysis import analyze
 
 
 class _Cut:

@@ -7,11 +7,11 @@ import pytest
 from helpers import outputs
 
 from models import load_split, model_path
-from scmopt import graph
+from scmopt.analysis.search import search
 from scmopt.errors import ScmoptError
-from scmopt.intervene import simulate
-from scmopt.search import search
-from scmopt.units import analyze
+from scmopt.io import graph
+from scmopt.runtime.hooks import simulate
+from scmopt.units.analysis import analyze
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_bad_data_raises(mlp):
 def test_greedy_brute_force_baseline_on_a_tiny_model():
     from test_curvature import inputs, relu_model
 
-    from scmopt.search import greedy_search
+    from scmopt.analysis.search import greedy_search
 
     ug = analyze(relu_model())
     res = greedy_search(ug, inputs(48), keep=0.5, device="cpu")
@@ -141,7 +141,7 @@ def test_final_refit_never_raises_held_out_risk(mlp):
 
 
 def test_probe_band_is_centred_on_the_cut_off_and_capped():
-    from scmopt.search import _band
+    from scmopt.analysis.search import _band
 
     pre = {f"u{i:03d}": float(i) for i in range(300)}
     wide = _band(120, 0.5, 1000)(pre)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from models import load_split, model_path
-from scmopt import graph
-from scmopt.measure import Runner, ancestors, sites
-from scmopt.stats import CutStats, Moments, collect
-from scmopt.units import analyze
+from scmopt.analysis.measure import Runner, ancestors, sites
+from scmopt.analysis.stats import CutStats, Moments, collect
+from scmopt.io import graph
+from scmopt.units.analysis import analyze
 
 
 def _data(n=300, c=5, p=3, seed=0) -> np.ndarray:

@@ -10,8 +10,10 @@ from light import light_model
 from onnx import helper, numpy_helper, version_converter
 from plans import random_plan
 
-from scmopt import graph, intervene, units
-from scmopt.compiler import compile_plan
+from scmopt import units
+from scmopt.compiler.compile import compile_plan
+from scmopt.io import graph
+from scmopt.runtime import hooks as intervene
 
 
 def test_flatten_into_gemm_makes_blocks():

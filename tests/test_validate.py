@@ -10,9 +10,10 @@ from test_curvature import inputs, relu_model
 
 import scmopt
 from models import load_split, model_path
-from scmopt import graph, validate
-from scmopt.compiler import compile_plan
-from scmopt.units import analyze
+from scmopt.compiler.compile import compile_plan
+from scmopt.evaluation import validate
+from scmopt.io import graph
+from scmopt.units.analysis import analyze
 
 
 @pytest.mark.parametrize("plan_seed", [1, 3])

@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:  # models/ is not an installed package; import it 
     sys.path.insert(0, str(ROOT))
 
 from models import equality_task, load_manifest, load_split, zoo_dir  # noqa: E402
-from scmopt.cost import count_flops, count_params  # noqa: E402
+from scmopt.ops.cost import count_flops, count_params  # noqa: E402
 
 BASE_MODELS = {"mlp_digits", "cnn_digits", "resnet_digits", "mobile_digits", "equality_mlp"}
 DYNAMO_MODELS = {"mlp_digits_dynamo", "cnn_digits_dynamo"}
@@ -221,7 +221,7 @@ def test_equality_counterfactual_vectorised_matches_definition():
 def test_zoo_loading_code_does_not_import_torch():
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); "
-        "import models, models.equality_task, models.datasets, scmopt.cost; "
+        "import models, models.equality_task, models.datasets, scmopt.ops.cost; "
         "models.load_manifest(); models.load_split('cnn_digits', 'test'); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

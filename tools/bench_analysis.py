@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models import load_split, model_path  # noqa: E402
-from scmopt import graph  # noqa: E402
-from scmopt.measure import measure  # noqa: E402
-from scmopt.search import search  # noqa: E402
-from scmopt.units import analyze  # noqa: E402
+from scmopt.analysis.measure import measure  # noqa: E402
+from scmopt.analysis.search import search  # noqa: E402
+from scmopt.io import graph  # noqa: E402
+from scmopt.units.analysis import analyze  # noqa: E402
 
 ROWS = [  # (label, criterion, fold)
     ("curvature+fold", "curvature", True),

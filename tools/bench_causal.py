@@ -43,7 +43,7 @@ def half_swapped(x, src, part: str):
 
 def capture(ug, cuts, x):
     """Activations of the original at `cuts` for inputs x: cut -> [n, C]."""
-    from scmopt.intervene import HookSpec, hook
+    from scmopt.runtime.hooks import HookSpec, hook
 
     h = hook(ug, {t: HookSpec(capture=True) for t in cuts})
     sess = B.session(h.model, threads=2)
@@ -73,8 +73,8 @@ def interchange(ug, model, kept, cuts, align, x, src, variables) -> dict:
     """Predicted class of every base row with the aligned units of one cut patched from src."""
     import numpy as np
 
-    from scmopt import graph
-    from scmopt.intervene import HookSpec, hook
+    from scmopt.io import graph
+    from scmopt.runtime.hooks import HookSpec, hook
 
     cand = graph.canonicalize(model)
     specs = {t: HookSpec(patch=True) for t in cuts}

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B  # noqa: E402
 
-from scmopt.align import align_plan  # noqa: E402
+from scmopt.analysis.align import align_plan  # noqa: E402
 
 
 def slim(model):

@@ -55,10 +55,10 @@ def layer_only(ug, cut: str):
 
 
 def run(name: str, keep: float, seed: int) -> list[dict]:
-    from scmopt.compiler import compile_plan
-    from scmopt.graph import load
-    from scmopt.search import search
-    from scmopt.units import analyze
+    from scmopt.analysis.search import search
+    from scmopt.compiler.compile import compile_plan
+    from scmopt.io.graph import load
+    from scmopt.units.analysis import analyze
 
     ug = analyze(load(str(B.model_path(name))))
     cut = last_cut(ug)

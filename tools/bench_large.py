@@ -34,7 +34,7 @@ def child(name: str, samples: int, keep: float) -> dict:
     from light import light_model
 
     import scmopt
-    from scmopt.units import analyze
+    from scmopt.units.analysis import analyze
 
     model = light_model(name)
     ug = analyze(model)

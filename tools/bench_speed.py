@@ -49,8 +49,8 @@ def fit_split(feeds: dict, labels, seed: int, holdout: float = 0.2):
 
 def greedy(name: str, keep: float, budget: float, seed: int, test, y) -> dict:
     from scmopt import units
-    from scmopt.compiler import compile_plan
-    from scmopt.search import greedy_search
+    from scmopt.analysis.search import greedy_search
+    from scmopt.compiler.compile import compile_plan
 
     ug = units.analyze(B.load_model(name))
     calib, ycal = B.split(name, "calib")

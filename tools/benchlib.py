@@ -34,9 +34,11 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from models import get_entry, load_split, model_path  # noqa: E402
-from scmopt import cost, graph, units  # noqa: E402
-from scmopt.intervene import HookSpec, hook  # noqa: E402
-from scmopt.units import UnitGraph  # noqa: E402
+from scmopt import units  # noqa: E402
+from scmopt.io import graph  # noqa: E402
+from scmopt.ops import cost  # noqa: E402
+from scmopt.runtime.hooks import HookSpec, hook  # noqa: E402
+from scmopt.units.analysis import UnitGraph  # noqa: E402
 
 ZOO = ["mlp_digits", "cnn_digits", "resnet_digits", "mobile_digits", "equality_mlp"]
 CNNS = ["cnn_digits", "resnet_digits", "mobile_digits"]
@@ -405,7 +407,7 @@ def calib_path(name: str) -> Path:
 def run_scmopt(model, data, **kwargs) -> tuple:
     """(Result, wall seconds, kept positions per cut) of scmopt.api.compress(model, data, ...)."""
     import scmopt
-    from scmopt.compiler import compile_plan
+    from scmopt.compiler.compile import compile_plan
 
     t0 = time.perf_counter()
     res = scmopt.compress(model, data, **kwargs)

@@ -23,9 +23,11 @@ from light import NAMES, light_input, light_model  # noqa: E402
 from plans import random_plan  # noqa: E402
 
 from models import load_manifest  # noqa: E402
-from scmopt import cost, intervene, units  # noqa: E402
-from scmopt.compiler import compile_plan  # noqa: E402
+from scmopt import units  # noqa: E402
+from scmopt.compiler.compile import compile_plan  # noqa: E402
+from scmopt.ops import cost  # noqa: E402
 from scmopt.plan import Plan  # noqa: E402
+from scmopt.runtime import hooks as intervene  # noqa: E402
 
 
 def cases(names: list[str]):

@@ -16,7 +16,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from light import NAMES, light_model  # noqa: E402
 
 from models import load_manifest, model_path  # noqa: E402
-from scmopt import graph, units  # noqa: E402
+from scmopt import units  # noqa: E402
+from scmopt.io import graph  # noqa: E402
 
 
 def main() -> None:

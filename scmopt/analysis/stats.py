@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scmopt.measure import Runner, ancestors, draw_sources, kept_mask, split_batches
+from scmopt.analysis.measure import Runner, ancestors, draw_sources, kept_mask, split_batches
 from scmopt.plan import Plan
 
 Progress = Callable[[str, int, int], None]

@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from scmopt import runtime
 from scmopt.errors import ScmoptError
-from scmopt.intervene import HookSpec, dynamic_batch, hook
 from scmopt.plan import Plan
-from scmopt.units import UnitGraph
+from scmopt.runtime import sessions as runtime
+from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook
+from scmopt.units.analysis import UnitGraph
 
 Progress = Callable[[str, int, int], None]
 Feeds = dict[str, np.ndarray]

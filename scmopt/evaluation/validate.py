@@ -19,10 +19,10 @@ import time
 import numpy as np
 import onnx
 
-from scmopt.intervene import HookSpec, dynamic_batch, hook
 from scmopt.plan import Plan
-from scmopt.runtime import accepts_batch, batched_session, run_batched, session
-from scmopt.units import UnitGraph
+from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook
+from scmopt.runtime.sessions import accepts_batch, batched_session, run_batched, session
+from scmopt.units.analysis import UnitGraph
 
 
 def batchable(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto | None:

@@ -17,9 +17,9 @@ import itertools
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from scmopt.passes.channels import Survivors, replace_constant, take
+from scmopt.compiler.passes.channels import Survivors, replace_constant, take
 from scmopt.plan import Plan
-from scmopt.units import Cut
+from scmopt.units.analysis import Cut
 
 
 def absorb_replacements(graph: gs.Graph, keep: Survivors, plan: Plan) -> gs.Graph:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import networkx as nx
 
-from scmopt import svg
 from scmopt.plan import Plan
-from scmopt.units import UnitGraph
+from scmopt.report import svg
+from scmopt.units.analysis import UnitGraph
 
 
 def unit_counts(ug: UnitGraph, plan: Plan) -> dict[str, int]:

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scmopt import curvature as curv
+from scmopt.analysis import curvature as curv
+from scmopt.analysis.stats import CutStats, Stats
 from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
-from scmopt.stats import CutStats, Stats
-from scmopt.units import UnitGraph
+from scmopt.units.analysis import UnitGraph
 
 CRITERIA = ("curvature", "layer", "variance", "magnitude", "random", "ablation")
 CALIBRATED = {"curvature", "layer", "ablation"}  # scores are predicted risks
@@ -281,7 +281,7 @@ def select(
     units of R in the same cut (residuals of units folded onto the same neighbours add up
     coherently), plus what folds of R lose when j stops being their predictor. Folds whose
     predictor goes are refitted. K is the curvature coupling (diagonal: kappa; off-diagonal
-    from scmopt.curvature.coupling; None: no cross terms).
+    from scmopt.analysis.curvature.coupling; None: no cross terms).
 
     Stops after `count` units or when the summed cost would exceed `budget`. Returns the units,
     their fits onto the units that stay kept, and the predicted risk increase."""

@@ -30,10 +30,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from scmopt import runtime
-from scmopt.graph import infer_shapes
-from scmopt.intervene import HookSpec, dynamic_batch, hook
-from scmopt.units import UnitGraph
+from scmopt.io.graph import infer_shapes
+from scmopt.runtime import sessions as runtime
+from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook
+from scmopt.units.analysis import UnitGraph
 
 Feeds = dict[str, np.ndarray]
 

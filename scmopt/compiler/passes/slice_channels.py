@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from scmopt.passes.channels import Survivors, replace_constant, take
-from scmopt.units import BINARY, NORMS
+from scmopt.compiler.passes.channels import Survivors, replace_constant, take
+from scmopt.units.analysis import BINARY, NORMS
 
 
 def slice_channels(graph: gs.Graph, keep: Survivors, opset: int) -> gs.Graph:

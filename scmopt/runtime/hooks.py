@@ -26,9 +26,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from scmopt.errors import ScmoptError
-from scmopt.graph import infer_shapes
+from scmopt.io.graph import infer_shapes
 from scmopt.plan import Plan
-from scmopt.units import UnitGraph
+from scmopt.units.analysis import UnitGraph
 
 
 @dataclass

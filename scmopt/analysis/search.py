@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scmopt.curvature import Prober
-from scmopt.curvature import coupling as curv_coupling
+from scmopt.analysis.curvature import Prober
+from scmopt.analysis.curvature import coupling as curv_coupling
+from scmopt.analysis.measure import Evaluator, Metrics, Runner
+from scmopt.analysis.scoring import CALIBRATED, CRITERIA, Fit, Scorer, Scores, apply, risks, select
+from scmopt.analysis.stats import collect
 from scmopt.errors import ScmoptError
-from scmopt.measure import Evaluator, Metrics, Runner
 from scmopt.plan import Plan
-from scmopt.scoring import CALIBRATED, CRITERIA, Fit, Scorer, Scores, apply, risks, select
-from scmopt.stats import collect
-from scmopt.units import UnitGraph
+from scmopt.units.analysis import UnitGraph
 
 Progress = Callable[[str, int, int], None]
 TOWARD_ORIGINAL = True  # fit replacements toward the original network's values (stats.collect)

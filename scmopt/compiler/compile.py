@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from scmopt.graph import infer_shapes, opset
-from scmopt.passes.absorb import absorb_replacements
-from scmopt.passes.channels import Survivors
-from scmopt.passes.slice_channels import slice_channels
+from scmopt.compiler.passes.absorb import absorb_replacements
+from scmopt.compiler.passes.channels import Survivors
+from scmopt.compiler.passes.slice_channels import slice_channels
+from scmopt.io.graph import infer_shapes, opset
 from scmopt.plan import Plan
-from scmopt.units import UnitGraph
+from scmopt.units.analysis import UnitGraph
 
 
 @dataclass

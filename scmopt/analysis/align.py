@@ -18,7 +18,7 @@ import copy
 
 from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
-from scmopt.units import UnitGraph
+from scmopt.units.analysis import UnitGraph
 
 
 def check_block(block: object) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from scmopt.units import UnitGraph
+from scmopt.units.analysis import UnitGraph
 
 
 class Survivors:
