@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -24,6 +25,9 @@ from scmopt.report import html as report
 from scmopt.runtime.hooks import simulate
 from scmopt.units.analysis import UnitGraph
 from scmopt.units.analysis import analyze as find_units
+
+if TYPE_CHECKING:
+    from scmopt.analysis.search import SearchResult
 
 CRITERIA = ("curvature", "layer", "variance", "magnitude", "random", "ablation")
 Progress = Callable[[str, int, int], None]
@@ -142,6 +146,8 @@ def compress(
     progress: Progress | None = None,
     align: int | None = None,
     swap_p: float = 0.5,
+    plan: Plan | SearchResult | None = None,
+    on_plan: Callable[[SearchResult], None] | None = None,
 ) -> Result:
     """Finds a sparse causal abstraction of `model` and compiles it.
 
@@ -157,6 +163,9 @@ def compress(
     weighs interventions as DESIGN does; a small p (0.05) fits closer to plain inputs: higher
     fidelity and lower plain risk, at about the same IIA at p = 0.5 and a slightly higher
     interventional risk at p = 0.5 (BENCHMARKS.md §9).
+    `on_plan(search_result)` is called as soon as the search ends (before `align`, compile and
+    validation): a checkpoint. `plan` (a Plan, or a SearchResult such a callback got) skips the
+    search: it is aligned, compiled and measured as if the search had just returned it.
     """
     t0 = time.perf_counter()
     if align is not None:
@@ -171,11 +180,19 @@ def compress(
     fit_feeds = {k: v[fit] for k, v in feeds.items()}
     val_feeds = {k: v[val] for k, v in feeds.items()}
     t1 = time.perf_counter()
-    found = _search(
-        ug, fit_feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
-        criterion=criterion, fold=fold, batch_size=batch_size, device=device, seed=seed,
-        progress=progress, p=swap_p,
-    )  # fmt: skip
+    if plan is None:
+        found = _search(
+            ug, fit_feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia,
+            keep=keep, criterion=criterion, fold=fold, batch_size=batch_size, device=device,
+            seed=seed, progress=progress, p=swap_p,
+        )  # fmt: skip
+        if on_plan is not None:
+            on_plan(found)
+    else:  # a saved search: no search again
+        from scmopt.analysis.search import SearchResult
+
+        found = plan if isinstance(plan, SearchResult) else SearchResult(plan)
+        found.plan.validate(ug)
     plan = found.plan
     re_kept = 0
     if align is not None:

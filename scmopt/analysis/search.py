@@ -496,6 +496,15 @@ def _record(s: _Search, traj: list[dict], r: int, plan: Plan, units: list[str], 
         "removed": len(units), "predicted_risk": prev + pred,
         "risk": m.risk, "fidelity": m.fidelity, "iia": m.iia, "accepted": accepted,
     })  # fmt: skip
+    _emit(s, traj)
+
+
+def _emit(s: _Search, traj: list[dict]) -> None:
+    """Hands the newest trajectory row to `progress.record(row)` when the progress callback
+    has that method (optional: a plain progress(stage, done, total) function still works)."""
+    record = getattr(s.progress, "record", None)
+    if record is not None:
+        record(dict(traj[-1]))
 
 
 def _keep_mode(s: _Search, target: int, rounds: int, step: int | None, traj: list[dict]) -> None:
@@ -545,6 +554,7 @@ def _polish(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
                  "kept": len(s.ug.prunable) - len(plan.removed), "removed": 0,
                  "predicted_risk": None, "risk": m.risk, "fidelity": m.fidelity,
                  "iia": m.iia, "accepted": better})  # fmt: skip
+    _emit(s, traj)
     if better:
         s.plan = plan
         return m
@@ -579,6 +589,7 @@ def _shrink(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
                      "kept": len(s.ug.prunable) - len(plan.removed), "removed": 0,
                      "predicted_risk": None, "risk": m.risk, "fidelity": m.fidelity,
                      "iia": m.iia, "accepted": ok})  # fmt: skip
+        _emit(s, traj)
         if ok:
             best, best_m = plan, m
     if best is not None:
