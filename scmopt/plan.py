@@ -66,26 +66,37 @@ class Plan:
         kinds = [a.kind for a in self.actions.values()]
         return {"constant": kinds.count("constant"), "folded": kinds.count("folded")}
 
-    def cut_affine(self, cut: Cut) -> tuple[np.ndarray, np.ndarray]:
-        """(M, B) with replaced cut = M @ channels + B: M is [C, C], B is [C, P] (P = 1 or the
-        number of positions). Kept rows are identity rows."""
+    def cut_rows(self, cut: Cut) -> tuple[dict[int, dict[int, float]], np.ndarray]:
+        """(rows, B): the replaced cut is M @ channels + B with M the identity except the
+        removed channels' rows, given sparsely as rows[i] = {kept channel k: coefficient};
+        B is [C, P] (P = 1 or the number of positions)."""
         index = {u: i for i, u in enumerate(cut.units)}
-        c = cut.channels
-        m = np.eye(c)
-        rows: list[tuple[int, np.ndarray]] = []
+        rows: dict[int, dict[int, float]] = {}
+        offsets: list[tuple[int, np.ndarray]] = []
         for i, u in enumerate(cut.units):
             act = self.actions.get(u)
             if act is None:
                 continue
             rep = act.at[cut.tensor]
-            m[i, i] = 0.0
+            row: dict[int, float] = {}
             for k, a in rep.coef.items():
-                m[i, index[k]] += a
-            rows.append((i, np.atleast_1d(rep.offset)))
-        p = max((len(o) for _, o in rows), default=1)
-        b = np.zeros((c, p))
-        for i, off in rows:
+                row[index[k]] = row.get(index[k], 0.0) + a
+            rows[i] = row
+            offsets.append((i, np.atleast_1d(rep.offset)))
+        p = max((len(o) for _, o in offsets), default=1)
+        b = np.zeros((cut.channels, p))
+        for i, off in offsets:
             b[i] = off
+        return rows, b
+
+    def cut_affine(self, cut: Cut) -> tuple[np.ndarray, np.ndarray]:
+        """(M, B) with replaced cut = M @ channels + B: M is [C, C] (dense, for the hooks)."""
+        rows, b = self.cut_rows(cut)
+        m = np.eye(cut.channels)
+        for i, row in rows.items():
+            m[i, i] = 0.0
+            for k, a in row.items():
+                m[i, k] += a
         return m, b
 
     def touches(self, cut: Cut) -> bool:

@@ -144,7 +144,9 @@ def kept_positions_by_bias(ug: UnitGraph, candidate: onnx.ModelProto) -> dict[st
     for node, b in ob.items():
         if node not in cb or outs.get(node) not in ug.layouts:
             continue
-        lay, clay = ug.layouts[outs[node]], cand_ug.layouts.get(cand_outs.get(node, ""))
+        lay = list(ug.layouts[outs[node]].labels)
+        clay = cand_ug.layouts.get(cand_outs.get(node, ""))
+        clay = None if clay is None else list(clay.labels)
         if clay is None:
             continue
         for j, v in enumerate(cb[node]):

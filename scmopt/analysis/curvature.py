@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import onnx_graphsurgeon as gs
+from onnx import helper
 
 from scmopt.io.graph import infer_shapes
+from scmopt.ops.registry import lookup
 from scmopt.runtime import sessions as runtime
 from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook
 from scmopt.units.analysis import UnitGraph
@@ -161,8 +163,7 @@ class Prober:
 
     def base(self, cut: str, cache: Feeds) -> np.ndarray:
         """Values of the cut as the readers see them (after the plan), [n, C, P]."""
-        v = cache[cut]
-        return v.reshape(v.shape[0], self.ug.cuts[cut].channels, -1)
+        return self.ug.cuts[cut].layout.to_ncp(cache[cut])
 
     def directional(
         self,
@@ -194,7 +195,8 @@ class Prober:
             vals = [base[None] + eps * d]
             if central:
                 vals.append(base[None] - eps * d)
-            v = np.concatenate(vals).reshape((reps_per_dir * m * n, *shape))
+            v = np.concatenate(vals).reshape(reps_per_dir * m * n, *base.shape[1:])
+            v = self.ug.cuts[cut].layout.from_ncp(v, (len(v), *shape))
             feeds = {cut: v, **{kk: vv for kk, vv in plan.items() if kk in self.externals[cut]}}
             for e in ext:
                 if e in plan:
@@ -283,28 +285,21 @@ def uniform(ug: UnitGraph, sites: list[str]) -> Curvature:
     return Curvature({t: np.ones(ug.cuts[t].channels) for t in sites}, method="uniform")
 
 
-def consumer_norms(ug: UnitGraph, cut: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel: (mean over the channel's positions of the squared L2 norm of its consumer
-    weight columns, summed over consumers; L1 norm of all its consumer weights)."""
+def weight_views(ug: UnitGraph, cut: str) -> list[np.ndarray]:
+    """Each consumer's weights on the cut as [C, block, R] (scmopt.ops handlers)."""
     c = ug.cuts[cut]
-    nodes = {n.name: n for n in ug.model.graph.node}
-    inits = {i.name: i for i in ug.model.graph.initializer}
-    l2 = np.zeros(c.channels)
-    l1 = np.zeros(c.channels)
-    for name in c.consumers:
-        node = nodes[name]
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Conv":
-            cols = w.transpose(1, 0, *range(2, w.ndim)).reshape(w.shape[1], -1)  # [Cin, rest]
-            l2 += np.sum(cols**2, axis=1)
-            l1 += np.sum(np.abs(cols), axis=1)
-            continue
-        if node.op_type == "Gemm":
-            w = w * float(attrs.get("alpha", 1.0))
-            if int(attrs.get("transB", 0)):
-                w = w.T
-        feats = w.reshape(c.channels, c.block, -1)  # [C, block, out]
+    graph = gs.import_onnx(ug.model)
+    nodes = {n.name: n for n in graph.nodes}
+    return [lookup(nodes[n].domain, nodes[n].op).weight_view(nodes[n], c.layout)
+            for n in c.consumers]  # fmt: skip
+
+
+def consumer_norms(ug: UnitGraph, cut: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel: (mean over the channel's block positions of the squared L2 norm of its
+    consumer weight rows, summed over consumers; L1 norm of all its consumer weights)."""
+    l2 = np.zeros(ug.cuts[cut].channels)
+    l1 = np.zeros(ug.cuts[cut].channels)
+    for feats in weight_views(ug, cut):
         l2 += np.mean(np.sum(feats**2, axis=2), axis=1)
         l1 += np.sum(np.abs(feats), axis=(1, 2))
     return l2, l1
@@ -315,20 +310,7 @@ def coupling(ug: UnitGraph, cut: str, kappa: np.ndarray) -> np.ndarray:
     their consumer weight columns (position-matched), the isotropic consumer-output model of
     the layer estimator; the diagonal is kappa itself."""
     c = ug.cuts[cut]
-    nodes = {n.name: n for n in ug.model.graph.node}
-    inits = {i.name: i for i in ug.model.graph.initializer}
-    cols = []
-    for name in c.consumers:
-        node = nodes[name]
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Conv":
-            cols.append(w.transpose(1, 0, *range(2, w.ndim)).reshape(w.shape[1], -1))
-            continue
-        if node.op_type == "Gemm" and int(attrs.get("transB", 0)):
-            w = w.T
-        cols.append(w.reshape(c.channels, -1))
-    m = np.concatenate(cols, axis=1)
+    m = np.concatenate([v.reshape(c.channels, -1) for v in weight_views(ug, cut)], axis=1)
     norm = np.linalg.norm(m, axis=1)
     norm[norm == 0] = 1.0
     cos = (m @ m.T) / np.outer(norm, norm)

@@ -28,8 +28,8 @@ def compile_plan(ug: UnitGraph, plan: Plan) -> Compiled:
     plan.validate(ug)
     src = ug.model
     graph = gs.import_onnx(copy.deepcopy(src))
-    keep = Survivors(ug, plan.removed)
-    slice_channels(graph, keep, opset(src))
+    keep = Survivors(ug, plan.removed, opset(src))
+    slice_channels(graph, keep)
     absorb_replacements(graph, keep, plan)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     out = gs.export_onnx(graph, do_type_check=False)

@@ -61,12 +61,11 @@ def artifact_iia(
     orig, comp = batchable(ug.model, feeds), batchable(compiled, feeds)
     if orig is None or comp is None:
         return _iia_per_sample(ug, plan, compiled, kept_positions, feeds, p, seed, cuts)
-    channels = {t: len(kept_positions[t]) for t in cuts}
     rng = np.random.default_rng(seed)
     n = len(next(iter(feeds.values())))
     specs = {t: HookSpec(patch=True) for t in cuts}
     orig = session(hook(ug, specs, model=orig).model)
-    comp = session(hook(ug, specs, model=comp, channels=channels).model)
+    comp = session(hook(ug, specs, model=comp, kept=kept_positions).model)
     result: dict[str, float] = {}
     removed = plan.removed
     for t in cuts:
@@ -99,7 +98,7 @@ def _iia_per_sample(ug, plan, compiled, kept_positions, feeds, p, seed, cuts):
     n = len(next(iter(feeds.values())))
     specs = {t: HookSpec(perturb=True, capture=True) for t in cuts}
     channels = {t: len(kept_positions[t]) for t in cuts}
-    hooked = {"o": hook(ug, specs), "c": hook(ug, specs, model=compiled, channels=channels)}
+    hooked = {"o": hook(ug, specs), "c": hook(ug, specs, model=compiled, kept=kept_positions)}
     sessions = {k: session(h.model) for k, h in hooked.items()}
 
     def run(which: str, i: int, deltas: dict[str, np.ndarray]) -> list[np.ndarray]:

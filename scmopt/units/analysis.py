@@ -1,16 +1,19 @@
 """Channel-coupling analysis: which channels of which tensors are removable units.
 
-Every channel of every tensor gets a label. Producers (Conv, Gemm, MatMul with constant weights)
-create fresh labels; channel-wise ops pass labels through; ops that combine two tensors
-element-wise (residual Add/Sum, squeeze-excite Mul) unify the labels of matching channels;
-Concat/Split/Flatten re-arrange them. A *unit* is an equivalence class of labels: removing it
-means slicing its channel out of every tensor it occupies. A *cut* is a labelled tensor read by a
-linear consumer (Conv, Gemm, MatMul); there the plan replaces removed units by constants or folds
-and the compiler absorbs the replacement into the consumer's weights and bias.
+Every channel of every labelled tensor gets a label, and every labelled tensor a Layout
+(scmopt.units.layout: channel axis, features per channel). One pass over the toposorted graph
+asks each node's handler in the op table (scmopt.ops) how labels propagate: producers (Conv,
+Gemm, MatMul with constant weights) create fresh labels; channel-wise ops pass them through;
+element-wise combinations (residual Add, squeeze-excite Mul) unify the labels of matching
+channels; Transpose, Reshape, Concat, Split re-arrange them. A *unit* is an equivalence class
+of labels: removing it means slicing its channel out of every tensor it occupies. A *cut* is a
+labelled tensor read by a linear consumer; there the plan replaces removed units by constants
+or folds and the compiler absorbs the replacement into the consumer's weights and bias.
 
-A unit is frozen (kept, with a reason) when any of its channels reaches an op we cannot slice
-(LRN, Softmax over channels, Transpose, graph outputs, grouped convolutions, ...). Because
-removed channels only ever flow through channel-wise ops into cuts, compiling a plan is exact.
+A unit is frozen (kept, with a reason) when any of its channels reaches an op that refuses it
+(LayerNorm, Softmax over channels, grouped convolutions, graph outputs, ops of other domains,
+ops nobody registered, control flow bodies, ...). Because removed channels only ever flow
+through channel-wise ops into cuts, compiling a plan is exact.
 """
 
 from __future__ import annotations
@@ -23,17 +26,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from scmopt.io.graph import canonicalize
-
-UNARY = {
-    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu",
-    "Selu", "Celu", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Identity", "Dropout",
-    "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Sin", "Cos", "Clip", "Cast",
-}  # fmt: skip
-POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
-BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu"}
-NORMS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2)}
-REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2"}
-LINEAR = {"Conv", "Gemm", "MatMul"}
+from scmopt.ops.control import freeze_captured
+from scmopt.ops.registry import lookup
+from scmopt.units.layout import Layout
 
 
 @dataclass
@@ -41,18 +36,28 @@ class Cut:
     """A tensor read by linear consumers; the plan acts on its channels."""
 
     tensor: str
-    units: list[str]  # unit id at each channel position
-    block: int  # features per channel on axis 1 (Flatten layouts), else 1
-    spatial: tuple[int, ...] | None  # static dims after axis 1, None when dynamic
+    layout: Layout  # labels are unit ids
+    spatial: tuple[int, ...] | None  # static dims of the other non-batch axes, None if dynamic
     consumers: list[str] = field(default_factory=list)
+    rank: int | None = None
+
+    @property
+    def units(self) -> list[str]:
+        """Unit id at each channel position."""
+        return list(self.layout.labels)
+
+    @property
+    def block(self) -> int:
+        """Features per channel on the channel axis (flattened layouts), else 1."""
+        return self.layout.block
 
     @property
     def channels(self) -> int:
-        return len(self.units)
+        return self.layout.channels
 
     @property
     def positions(self) -> int | None:
-        """Values per channel per sample (block x spatial), None when dynamic."""
+        """Values per channel per sample (block x other axes), None when dynamic."""
         if self.spatial is None:
             return None
         return self.block * int(np.prod(self.spatial, dtype=np.int64))
@@ -88,8 +93,7 @@ class UnitGraph:
     units: dict[str, Unit]
     cuts: dict[str, Cut]
     groups: dict[str, Group]
-    layouts: dict[str, list[str]]  # tensor -> unit id per channel position
-    blocks: dict[str, int]  # tensor -> features per channel on axis 1
+    layouts: dict[str, Layout]  # every labelled tensor -> its layout (labels are unit ids)
 
     @property
     def prunable(self) -> list[str]:
@@ -125,58 +129,37 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)  # earliest label stays the root
 
 
-def const_value(t: gs.Tensor) -> np.ndarray | None:
-    return t.values if isinstance(t, gs.Constant) else None
-
-
-def node_axes(node: gs.Node, index: int = 1) -> list[int] | None:
-    """`axes` from the attribute (old opsets) or the constant input (new opsets)."""
-    if "axes" in node.attrs:
-        return list(node.attrs["axes"])
-    if len(node.inputs) > index and node.inputs[index].name:
-        v = const_value(node.inputs[index])
-        return None if v is None else [int(a) for a in v.ravel()]
-    return []
-
-
-def rank(t: gs.Tensor) -> int | None:
-    return None if t.shape is None else len(t.shape)
-
-
-class _Analysis:
-    """One pass over the toposorted graph assigning labels (see module docstring)."""
+class Context:
+    """What op handlers may read and do while labels propagate (see scmopt.ops.registry)."""
 
     def __init__(self, graph: gs.Graph) -> None:
         self.graph = graph
         self.uf = _UnionFind()
-        self.labels: dict[str, np.ndarray] = {}  # tensor -> label per channel
-        self.block: dict[str, int] = {}
+        self.layouts: dict[str, Layout] = {}  # tensor -> layout with int labels
         self.origin: list[tuple[str, int] | None] = []  # label -> (producer, channel)
         self.reason: dict[int, str] = {}  # label -> why frozen
         self.anon: dict[int, str] = {}  # label -> name for labels of unlabelled tensors
         self.cuts: dict[str, list[str]] = {}  # tensor -> consumer names
+        self.refused: dict[str, str] = {}  # node name -> why it refused its labelled inputs
 
-    # label helpers -------------------------------------------------------------------------
     def fresh(self, node: str | None, n: int) -> np.ndarray:
         labs = np.array([self.uf.add() for _ in range(n)], dtype=np.int64)
         self.origin.extend([(node, c) if node else None for c in range(n)])
         return labs
 
-    def freeze(self, labs: np.ndarray, why: str) -> None:
+    def freeze(self, labs, why: str) -> None:
         for lab in labs:
             self.reason.setdefault(int(lab), why)
 
-    def lab(self, t: gs.Tensor) -> np.ndarray | None:
-        return self.labels.get(t.name)
+    def union(self, a, b) -> None:
+        for x, y in zip(a, b, strict=True):
+            self.uf.union(int(x), int(y))
 
-    def set(self, t: gs.Tensor, labs: np.ndarray, block: int = 1) -> None:
-        self.labels[t.name] = labs
-        self.block[t.name] = block
+    def lay(self, t: gs.Tensor) -> Layout | None:
+        return self.layouts.get(t.name)
 
-    def channels(self, t: gs.Tensor) -> int | None:
-        if t.shape is None or len(t.shape) < 2 or not isinstance(t.shape[1], int):
-            return None
-        return int(t.shape[1])
+    def set(self, t: gs.Tensor, layout: Layout) -> None:
+        self.layouts[t.name] = layout
 
     def anonymous(self, t: gs.Tensor, n: int, why: str) -> np.ndarray:
         labs = self.fresh(None, n)
@@ -185,410 +168,103 @@ class _Analysis:
         self.freeze(labs, why)
         return labs
 
-    def unknown(self, node: gs.Node, why: str | None = None) -> None:
-        """Node we cannot slice through: its labelled inputs are frozen, outputs unlabelled."""
-        why = why or f"feeds {node.op} '{node.name}'"
-        for t in node.inputs:
-            labs = self.lab(t)
-            if labs is not None:
-                self.freeze(labs, why)
-
-    # main loop -----------------------------------------------------------------------------
-    def run(self) -> None:
-        for node in self.graph.nodes:
-            handler = getattr(self, f"op_{node.op}", None)
-            if node.domain not in (None, "", "ai.onnx"):
-                handler = None
-            if handler is None:
-                if node.op in UNARY or node.op in POOLS:
-                    handler = self.op_unary
-                elif node.op in BINARY:
-                    handler = self.op_binary
-                elif node.op in REDUCE:
-                    handler = self.op_reduce
-                elif node.op in NORMS:
-                    handler = self.op_norm
-            if handler is None:
-                self.unknown(node)
-                self._freeze_captured(node)
-                continue
-            refusal = handler(node)
-            if refusal:
-                self.unknown(node, f"{refusal} at {node.op} '{node.name}'")
-                for out in node.outputs:
-                    self.labels.pop(out.name, None)
-        for out in self.graph.outputs:
-            labs = self.labels.get(out.name)
-            if labs is not None:
-                self.freeze(labs, f"reaches graph output '{out.name}'")
-
-    def _freeze_captured(self, node: gs.Node) -> None:
-        """Control flow (If/Loop/Scan) may read outer tensors inside its subgraphs."""
-        for attr in node.attrs.values():
-            subgraphs = attr if isinstance(attr, list) else [attr]
-            for sub in subgraphs:
-                if not isinstance(sub, gs.Graph):
-                    continue
-                for inner in sub.nodes:
-                    for t in inner.inputs:
-                        labs = self.lab(t)
-                        if labs is not None:
-                            self.freeze(labs, f"read inside {node.op} '{node.name}'")
-                    self._freeze_captured(inner)
-
-    def _only_first_input_labelled(self, node: gs.Node) -> str | None:
-        if any(self.lab(t) is not None for t in node.inputs[1:]):
-            return "labelled tensor in a parameter position"
-        return None
-
-    def _used_outputs_only_first(self, node: gs.Node) -> str | None:
-        if any(o.outputs or o in self.graph.outputs for o in node.outputs[1:]):
-            return "secondary output in use"
-        return None
-
-    # linear ops ----------------------------------------------------------------------------
-    def op_Conv(self, node: gs.Node) -> str | None:
-        x, w = node.inputs[0], node.inputs[1]
-        wv = const_value(w)
-        if wv is None or (len(node.inputs) > 2 and const_value(node.inputs[2]) is None):
-            return "non-constant weights"
-        if self._only_first_input_labelled(node):
-            return "labelled weights"
-        group = int(node.attrs.get("group", 1))
-        labs = self.lab(x)
-        cin = wv.shape[1] * group
-        if labs is not None and (self.block[x.name] != 1 or len(labs) != cin):
-            return "unexpected input layout"
-        if group == 1:
-            self._cut(x, node)
-            self.set(node.outputs[0], self.fresh(node.name, wv.shape[0]))
-            return None
-        if group == cin and wv.shape[0] == cin and wv.shape[1] == 1:  # depthwise: channel-wise
-            if labs is None:
-                labs = self.fresh(node.name, cin)
-                self.freeze(labs, f"depthwise conv '{node.name}' on an unlabelled input")
-            self.set(node.outputs[0], labs)
-            return None
-        if labs is not None:
-            self.freeze(labs, f"feeds grouped conv '{node.name}'")
-        out = self.fresh(node.name, wv.shape[0])
-        self.freeze(out, f"output of grouped conv '{node.name}'")
-        self.set(node.outputs[0], out)
-        return None
-
-    def op_Gemm(self, node: gs.Node) -> str | None:
-        a, b = node.inputs[0], node.inputs[1]
-        bv = const_value(b)
-        if bv is None or int(node.attrs.get("transA", 0)):
-            return "non-constant or transposed operands"
-        n_out = bv.shape[0] if int(node.attrs.get("transB", 0)) else bv.shape[1]
-        if len(node.inputs) > 2 and node.inputs[2].name:
-            cv = const_value(node.inputs[2])
-            if cv is None or cv.size not in (1, n_out):
-                return "bias that is not a constant vector"
-        if self._only_first_input_labelled(node):
-            return "labelled weights"
-        return self._dense(node, a, n_out)
-
-    def op_MatMul(self, node: gs.Node) -> str | None:
-        a, b = node.inputs
-        bv = const_value(b)
-        if bv is None or bv.ndim != 2 or rank(a) != 2:
-            return "not a dense layer (activation operand or rank > 2)"
-        if self._only_first_input_labelled(node):
-            return "labelled weights"
-        return self._dense(node, a, bv.shape[1])
-
-    def _cut(self, x: gs.Tensor, consumer: gs.Node) -> None:
-        """Registers `x` as a cut. Channels computed by ops we cannot slice are still units of
-        the network (frozen ones); exogenous graph inputs are not."""
-        if self.lab(x) is None:
-            c = self.channels(x)
-            if c is None or x in self.graph.inputs:
+    def cut(self, x: gs.Tensor, consumer: gs.Node, axis: int) -> None:
+        """Registers `x` as a cut read on `axis`. Channels computed by ops we cannot slice are
+        still units of the network (frozen ones); exogenous graph inputs are not."""
+        if self.lay(x) is None:
+            c = x.shape[axis] if x.shape is not None and len(x.shape) > axis else None
+            if not isinstance(c, int) or x in self.graph.inputs:
                 return
-            src = self._origin(x)
+            src, refusal = _origin(x, self.refused)
             what = f"{src.op} '{src.name}'" if src is not None else f"'{x.name}'"
-            self.set(x, self.anonymous(x, c, f"channels come from {what}, which cannot be sliced"))
+            why = f"channels come from {what}, which cannot be sliced"
+            labs = self.anonymous(x, c, f"{why} ({refusal})" if refusal else why)
+            self.set(x, Layout.simple(labs, axis))
         self.cuts.setdefault(x.name, []).append(consumer.name)
 
-    def _origin(self, x: gs.Tensor) -> gs.Node | None:
-        """The op that made `x` unlabelled: walk up through channel-wise ops."""
-        node = x.inputs[0] if x.inputs else None
-        while node is not None and (node.op in UNARY or node.op in POOLS or node.op in NORMS):
-            src = node.inputs[0]
-            if not src.inputs:
-                break
-            node = src.inputs[0]
-        return node
+    def only_first_input_labelled(self, node: gs.Node) -> bool:
+        return any(self.lay(t) is not None for t in node.inputs[1:])
 
-    def _dense(self, node: gs.Node, a: gs.Tensor, n_out: int) -> str | None:
-        self._cut(a, node)
-        self.set(node.outputs[0], self.fresh(node.name, n_out))
-        return None
+    def used_outputs_only_first(self, node: gs.Node) -> bool:
+        return any(o.outputs or o in self.graph.outputs for o in node.outputs[1:])
 
-    # channel-wise ops ----------------------------------------------------------------------
-    def op_unary(self, node: gs.Node) -> str | None:
-        labs = self.lab(node.inputs[0])
-        if labs is None:
-            return None
-        if self._only_first_input_labelled(node) or self._used_outputs_only_first(node):
-            return "unsupported input/output use"
-        if node.op == "Clip":
-            for t in node.inputs[1:]:
-                if t.name and (const_value(t) is None or const_value(t).size != 1):
-                    return "non-scalar clip bounds"
-        self.set(node.outputs[0], labs, self.block[node.inputs[0].name])
-        return None
-
-    def op_norm(self, node: gs.Node) -> str | None:
-        labs = self.lab(node.inputs[0])
-        if labs is None:
-            return None
-        if int(node.attrs.get("training_mode", 0)) or self._used_outputs_only_first(node):
-            return "training-mode normalisation"
-        if any(const_value(node.inputs[i]) is None for i in NORMS[node.op]):
-            return "non-constant normalisation parameters"
-        if self.block[node.inputs[0].name] != 1:
-            return "normalisation on a flattened layout"
-        self.set(node.outputs[0], labs)
-        return None
-
-    def op_binary(self, node: gs.Node) -> str | None:
-        out = node.outputs[0]
-        r = rank(out)
-        labelled = [t for t in node.inputs if self.lab(t) is not None]
-        if not labelled:
-            return None
-        if r is None:
-            return "unknown rank"
-        first = labelled[0]
-        labs, blk = self.lab(first), self.block[first.name]
-        width = len(labs) * blk
+    def refuse(self, node: gs.Node, why: str) -> None:
+        """The node cannot be sliced through: its labelled inputs freeze, outputs unlabelled."""
         for t in node.inputs:
-            other = self.lab(t)
-            if other is not None:
-                if rank(t) != r or len(other) != len(labs) or self.block[t.name] != blk:
-                    return "element-wise operands with different channel layouts"
-                for a, b in zip(labs, other, strict=True):
-                    self.uf.union(int(a), int(b))
+            lay = self.lay(t)
+            if lay is not None:
+                self.freeze(lay.labels, why)
+        for out in node.outputs:
+            self.layouts.pop(out.name, None)
+
+    def run(self) -> None:
+        for node in self.graph.nodes:
+            handler = lookup(node.domain, node.op)
+            if handler is None:
+                domain = node.domain if node.domain not in (None, "", "ai.onnx") else ""
+                what = f"{domain}::{node.op}" if domain else node.op
+                self.refuse(node, f"feeds {what} '{node.name}'")
+                freeze_captured(node, self)
                 continue
-            shape = list(t.values.shape) if isinstance(t, gs.Constant) else t.shape
-            if shape is None:
-                return "operand of unknown shape"
-            axis = len(shape) - (r - 1)
-            if axis < 0 or shape[axis] == 1:
-                continue
-            if shape[axis] != width:
-                return "operand broadcasts across channels"
-            if not isinstance(t, gs.Constant):
-                self.freeze(labs, f"combined with unsliceable tensor '{t.name}' at '{node.name}'")
-        self.set(out, labs, blk)
-        return None
+            refusal = handler.propagate(node, self)
+            if refusal:
+                self.refused[node.name] = refusal
+                self.refuse(node, f"{refusal} at {node.op} '{node.name}'")
+        for out in self.graph.outputs:
+            lay = self.layouts.get(out.name)
+            if lay is not None:
+                self.freeze(lay.labels, f"reaches graph output '{out.name}'")
 
-    # layout ops ----------------------------------------------------------------------------
-    def op_Flatten(self, node: gs.Node) -> str | None:
-        x = node.inputs[0]
-        labs = self.lab(x)
-        if labs is None:
-            return None
-        if int(node.attrs.get("axis", 1)) != 1:
-            return "flatten axis != 1"
-        rest = x.shape[2:] if x.shape else None
-        if rest is None or not all(isinstance(d, int) for d in rest):
-            return "dynamic spatial shape"
-        self.set(node.outputs[0], labs, self.block[x.name] * int(np.prod(rest, dtype=np.int64)))
-        return None
 
-    def op_Reshape(self, node: gs.Node) -> str | None:
-        x, out = node.inputs[0], node.outputs[0]
-        labs = self.lab(x)
-        if labs is None:
-            return None
-        if self._only_first_input_labelled(node) or const_value(node.inputs[1]) is None:
-            return "dynamic target shape"
-        if x.shape is None or out.shape is None or len(out.shape) < 2:
-            return "unknown shapes"
-        rest = x.shape[2:]
-        blk = self.block[x.name]
-        if not all(isinstance(d, int) for d in rest) or not isinstance(out.shape[1], int):
-            return "dynamic shapes"
-        if out.shape[1] == len(labs) * blk:  # channels stay on axis 1, spatial re-arranged
-            self.set(out, labs, blk)
-            return None
-        flat = len(labs) * blk * int(np.prod(rest, dtype=np.int64))
-        if len(out.shape) == 2 and out.shape[1] == flat:
-            self.set(out, labs, flat // len(labs))
-            return None
-        return "reshape mixes channels"
-
-    def _axes_avoid_channel(self, node: gs.Node, r: int | None) -> str | None:
-        axes = node_axes(node)
-        if axes is None or r is None:
-            return "unknown axes"
-        axes = [a + r if a < 0 else a for a in axes]
-        if not axes or any(a in (0, 1) for a in axes):
-            return "acts on the batch or channel axis"
-        return None
-
-    def op_Squeeze(self, node: gs.Node) -> str | None:
-        labs = self.lab(node.inputs[0])
-        if labs is None:
-            return None
-        refusal = self._axes_avoid_channel(node, rank(node.inputs[0]))
-        if refusal is None:
-            self.set(node.outputs[0], labs, self.block[node.inputs[0].name])
-        return refusal
-
-    def op_Unsqueeze(self, node: gs.Node) -> str | None:
-        labs = self.lab(node.inputs[0])
-        if labs is None:
-            return None
-        refusal = self._axes_avoid_channel(node, rank(node.outputs[0]))
-        if refusal is None:
-            self.set(node.outputs[0], labs, self.block[node.inputs[0].name])
-        return refusal
-
-    def op_reduce(self, node: gs.Node) -> str | None:
-        labs = self.lab(node.inputs[0])
-        if labs is None:
-            return None
-        if self.block[node.inputs[0].name] != 1:
-            return "reduction over a flattened layout"
-        refusal = self._axes_avoid_channel(node, rank(node.inputs[0]))
-        if refusal is None:
-            self.set(node.outputs[0], labs)
-        return refusal
-
-    def op_Pad(self, node: gs.Node) -> str | None:
-        x = node.inputs[0]
-        labs = self.lab(x)
-        if labs is None:
-            return None
-        pads = node.attrs.get("pads")
-        if pads is None:
-            pv = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
-            pads = None if pv is None else pv.ravel().tolist()
-        if len(node.inputs) > 3 and node.inputs[3].name:
-            return "pad with explicit axes"
-        r = rank(x)
-        if pads is None or r is None or pads[1] != 0 or pads[1 + r] != 0:
-            return "pads the channel axis"
-        if len(node.inputs) > 2 and node.inputs[2].name and const_value(node.inputs[2]) is None:
-            return "non-constant pad value"
-        self.set(node.outputs[0], labs, self.block[x.name])
-        return None
-
-    def op_Resize(self, node: gs.Node) -> str | None:
-        x = node.inputs[0]
-        labs = self.lab(x)
-        if labs is None:
-            return None
-        out = node.outputs[0]
-        if self.channels(out) != len(labs) or self.block[x.name] != 1:
-            return "resizes the channel axis"
-        self.set(out, labs)
-        return None
-
-    op_Upsample = op_Resize
-
-    def op_Concat(self, node: gs.Node) -> str | None:
-        if all(self.lab(t) is None for t in node.inputs):
-            return None
-        out = node.outputs[0]
-        r = rank(out)
-        axis = int(node.attrs.get("axis", 1))
-        if r is None or (axis + r if axis < 0 else axis) != 1:
-            return "concatenation along a non-channel axis"
-        blocks = {self.block[t.name] for t in node.inputs if self.lab(t) is not None}
-        if len(blocks) != 1:
-            return "concatenation of different layouts"
-        blk = blocks.pop()
-        parts = []
-        for t in node.inputs:
-            labs = self.lab(t)
-            if labs is None:
-                c = self.channels(t)
-                if c is None or c % blk:
-                    return "input of unknown channel count"
-                labs = self.anonymous(t, c // blk, f"concatenated with unlabelled '{t.name}'")
-            parts.append(labs)
-        self.set(out, np.concatenate(parts), blk)
-        return None
-
-    def op_Split(self, node: gs.Node) -> str | None:
-        x = node.inputs[0]
-        labs = self.lab(x)
-        if labs is None:
-            return None
-        axis = int(node.attrs.get("axis", 0))
-        r = rank(x)
-        if r is None or (axis + r if axis < 0 else axis) != 1:
-            return "split along a non-channel axis"
-        blk = self.block[x.name]
-        sizes = [self.channels(o) for o in node.outputs]
-        if any(s is None or s % blk for s in sizes) or sum(sizes) != len(labs) * blk:
-            return "split sizes unknown"
-        start = 0
-        for o, s in zip(node.outputs, sizes, strict=True):
-            self.set(o, labs[start : start + s // blk], blk)
-            start += s // blk
-        return None
-
-    def op_Slice(self, node: gs.Node) -> str | None:
-        x = node.inputs[0]
-        labs = self.lab(x)
-        if labs is None:
-            return None
-        r = rank(x)
-        axes = node.attrs.get("axes")
-        if axes is None and len(node.inputs) > 3 and node.inputs[3].name:
-            av = const_value(node.inputs[3])
-            axes = None if av is None else av.ravel().tolist()
-        elif axes is None:
-            starts = node.attrs.get("starts")
-            n = len(starts) if starts is not None else None
-            if n is None:
-                sv = const_value(node.inputs[1])
-                n = None if sv is None else sv.size
-            axes = None if n is None else list(range(n))
-        if axes is None or r is None or any((a + r if a < 0 else a) in (0, 1) for a in axes):
-            return "slices the channel axis"
-        self.set(node.outputs[0], labs, self.block[x.name])
-        return None
+def _origin(x: gs.Tensor, refused: dict[str, str]) -> tuple[gs.Node | None, str | None]:
+    """The op that left `x` unlabelled, and its refusal: walk up through the ops that pass
+    labels (their input was unlabelled too) to a refusing or unregistered op."""
+    node = x.inputs[0] if x.inputs else None
+    for _ in range(256):
+        if node is None or node.name in refused or lookup(node.domain, node.op) is None:
+            break
+        srcs = [t for t in node.inputs if t.inputs and not isinstance(t, gs.Constant)]
+        if not srcs or lookup(node.domain, node.op).linear:
+            break
+        node = srcs[0].inputs[0]
+    return node, (refused.get(node.name) if node is not None else None)
 
 
 def analyze(model: onnx.ModelProto, canonical: bool = False) -> UnitGraph:
     """Finds the units, cuts and groups of `model` (canonicalised first unless told it is)."""
     model = model if canonical else canonicalize(model)
     graph = gs.import_onnx(copy.deepcopy(model))
-    an = _Analysis(graph)
-    an.run()
-    return _collect(model, an)
+    ctx = Context(graph)
+    ctx.run()
+    return _collect(model, ctx)
 
 
-def _collect(model: onnx.ModelProto, an: _Analysis) -> UnitGraph:
-    uf = an.uf
+def _collect(model: onnx.ModelProto, ctx: Context) -> UnitGraph:
+    uf = ctx.uf
     n = len(uf.parent)
     roots = np.array([uf.find(i) for i in range(n)], dtype=np.int64)
     frozen: dict[int, str] = {}
-    for lab, why in an.reason.items():
+    for lab, why in ctx.reason.items():
         frozen.setdefault(int(roots[lab]), why)
     producers: dict[int, list[tuple[str, int]]] = {}
-    for lab, org in enumerate(an.origin):
+    for lab, org in enumerate(ctx.origin):
         if org is not None:
             producers.setdefault(int(roots[lab]), []).append(org)
 
     def uid(root: int) -> str:
-        org = an.origin[root]
-        return f"{org[0]}:{org[1]}" if org is not None else an.anon[root]
+        org = ctx.origin[root]
+        return f"{org[0]}:{org[1]}" if org is not None else ctx.anon[root]
 
-    layouts = {t: [uid(int(roots[lab])) for lab in labs] for t, labs in an.labels.items()}
+    layouts = {
+        t: lay.with_labels([uid(int(roots[lab])) for lab in lay.labels])
+        for t, lay in ctx.layouts.items()
+    }
     # groups: units that share a tensor
     gfind = _UnionFind()
     ids: dict[str, int] = {}
     for lay in layouts.values():
         first = None
-        for u in lay:
+        for u in lay.labels:
             if u not in ids:
                 ids[u] = gfind.add()
             if first is None:
@@ -598,7 +274,7 @@ def _collect(model: onnx.ModelProto, an: _Analysis) -> UnitGraph:
     group_of: dict[int, str] = {}
     # A unit is a channel of a cut (DESIGN §2): labels that never reach a linear consumer, such
     # as the logits, are outcome variables, not mechanisms, and are not counted.
-    in_cuts = {int(r) for t in an.cuts for r in roots[an.labels[t]]}
+    in_cuts = {int(r) for t in ctx.cuts for r in roots[ctx.layouts[t].labels]}
     for root in sorted(in_cuts):
         u = uid(root)
         g = gfind.find(ids[u])
@@ -606,10 +282,12 @@ def _collect(model: onnx.ModelProto, an: _Analysis) -> UnitGraph:
         units[u] = Unit(u, gname, producers.get(root, []), [], frozen.get(root))
     cuts: dict[str, Cut] = {}
     shapes = {vi.name: vi for vi in model.graph.value_info}
-    for t, consumers in an.cuts.items():
-        for u in set(layouts[t]):
+    for t, consumers in ctx.cuts.items():
+        lay = layouts[t]
+        for u in set(lay.labels):
             units[u].cuts.append(t)
-        cuts[t] = Cut(t, layouts[t], an.block[t], _spatial(shapes.get(t)), consumers)
+        spatial, r = _spatial(shapes.get(t), lay.axis)
+        cuts[t] = Cut(t, lay, spatial, consumers, r)
     groups: dict[str, Group] = {}
     for u in units.values():
         g = groups.setdefault(u.group, Group(u.group, [], [], [], []))
@@ -621,13 +299,17 @@ def _collect(model: onnx.ModelProto, an: _Analysis) -> UnitGraph:
             if t not in g.cuts:
                 g.cuts.append(t)
                 g.consumers.extend(c for c in cuts[t].consumers if c not in g.consumers)
-    return UnitGraph(model, units, cuts, groups, layouts, dict(an.block))
+    return UnitGraph(model, units, cuts, groups, layouts)
 
 
-def _spatial(vi: onnx.ValueInfoProto | None) -> tuple[int, ...] | None:
+def _spatial(
+    vi: onnx.ValueInfoProto | None, axis: int
+) -> tuple[tuple[int, ...] | None, int | None]:
+    """(static dims of the non-batch axes other than `axis`, or None; the tensor's rank)."""
     if vi is None:
-        return None
+        return None, None
     dims = vi.type.tensor_type.shape.dim
-    if not all(d.HasField("dim_value") for d in dims[2:]):
-        return None
-    return tuple(d.dim_value for d in dims[2:])
+    rest = [d for i, d in enumerate(dims) if i not in (0, axis)]
+    if not all(d.HasField("dim_value") for d in rest):
+        return None, len(dims)
+    return tuple(d.dim_value for d in rest), len(dims)

@@ -1,4 +1,4 @@
-"""Shared bookkeeping for the channel passes: which positions of a tensor survive a plan."""
+"""Shared bookkeeping for the channel passes: which features of a tensor survive a plan."""
 
 from __future__ import annotations
 
@@ -6,39 +6,44 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from scmopt.units.analysis import UnitGraph
+from scmopt.units.layout import Layout
 
 
 class Survivors:
     """Kept-channel masks of every labelled tensor, for a set of removed units."""
 
-    def __init__(self, ug: UnitGraph, removed: set[str]) -> None:
+    def __init__(self, ug: UnitGraph, removed: set[str], opset: int = 17) -> None:
         self.ug = ug
         self.removed = removed
+        self.opset = opset
+
+    def layout(self, tensor: str) -> Layout | None:
+        return self.ug.layouts.get(tensor)
 
     def channels(self, tensor: str) -> np.ndarray | None:
-        """Bool mask over the channel positions of `tensor` (None if it has no layout)."""
+        """Bool mask over the channels of `tensor` (None if it has no layout)."""
         lay = self.ug.layouts.get(tensor)
         if lay is None:
             return None
-        return np.array([u not in self.removed for u in lay], dtype=bool)
+        return np.array([u not in self.removed for u in lay.labels], dtype=bool)
 
     def features(self, tensor: str) -> np.ndarray | None:
-        """Bool mask over axis-1 features (channels repeated `block` times)."""
+        """Bool mask over the features on the tensor's channel axis."""
         mask = self.channels(tensor)
         if mask is None:
             return None
-        return np.repeat(mask, self.ug.blocks[tensor])
+        return self.ug.layouts[tensor].feature_mask(mask)
 
     def changed(self, tensor: str) -> bool:
         mask = self.channels(tensor)
         return mask is not None and not mask.all()
 
+    def nonempty(self, tensor: str) -> bool:
+        mask = self.channels(tensor)
+        return mask is None or bool(mask.any())
 
-def replace_constant(node: gs.Node, index: int, values: np.ndarray, tag: str) -> None:
-    """Gives input `index` of `node` a fresh constant (weights may be shared between nodes)."""
-    old = node.inputs[index]
-    node.inputs[index] = gs.Constant(f"{old.name}__{tag}_{node.name}", np.ascontiguousarray(values))
-
-
-def take(values: np.ndarray, mask: np.ndarray, axis: int) -> np.ndarray:
-    return np.compress(mask, values, axis=axis)
+    def produces(self, node: gs.Node) -> bool:
+        """True when the node's output channels are its own (a producer), not its input's."""
+        x = node.inputs[0].name
+        cut = self.ug.cuts.get(x)
+        return x not in self.ug.layouts or (cut is not None and node.name in cut.consumers)

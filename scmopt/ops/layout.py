@@ -1,0 +1,354 @@
+"""Layout ops: they move, split, merge or select axes, and the channel layout follows.
+
+Transpose moves the channel axis; Reshape/Flatten re-index features (units.layout.
+reshape_layout follows each element's channel); Squeeze/Unsqueeze/Gather shift it; Concat and
+Split along the channel axis join or divide channels; Slice/Pad/Resize along other axes keep it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from scmopt.ops.edit import replace_constant
+from scmopt.ops.elementwise import const_value, rank
+from scmopt.ops.pooling import node_axes
+from scmopt.ops.registry import Handler, register
+from scmopt.units.layout import Layout, reshape_layout
+
+
+def _norm(axes: list[int], r: int) -> list[int]:
+    return [a + r if a < 0 else a for a in axes]
+
+
+@register("Transpose")
+class Transpose(Handler):
+    def propagate(self, node, ctx):
+        lay = ctx.lay(node.inputs[0])
+        if lay is None:
+            return None
+        r = rank(node.inputs[0])
+        perm = node.attrs.get("perm")
+        if perm is None:
+            if r is None:
+                return "unknown rank"
+            perm = list(range(r))[::-1]
+        perm = [int(p) for p in perm]
+        if perm[0] != 0:
+            return "transposes the batch axis"
+        ctx.set(node.outputs[0], lay.moved(perm.index(lay.axis)))
+        return None
+
+
+def _static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) for d in shape[1:])
+
+
+@register("Flatten")
+class Flatten(Handler):
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        lay = ctx.lay(x)
+        if lay is None:
+            return None
+        if int(node.attrs.get("axis", 1)) != 1:
+            return "flatten axis != 1"
+        if not _static(x.shape):
+            return "dynamic spatial shape"
+        out = [x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64))]
+        new = reshape_layout(lay, x.shape, out)
+        if isinstance(new, str):
+            return new
+        ctx.set(node.outputs[0], new)
+        return None
+
+
+@register("Reshape")
+class Reshape(Handler):
+    def propagate(self, node, ctx):
+        x, out = node.inputs[0], node.outputs[0]
+        lay = ctx.lay(x)
+        if lay is None:
+            return None
+        if ctx.only_first_input_labelled(node) or const_value(node.inputs[1]) is None:
+            return "dynamic target shape"
+        if x.shape is None or out.shape is None:
+            return "unknown shapes"
+        new = reshape_layout(lay, x.shape, out.shape)
+        if isinstance(new, str):
+            return new
+        target = const_value(node.inputs[1]).ravel()
+        if target[new.axis] == 0 and not (
+            lay.axis == new.axis and x.shape[lay.axis] == out.shape[new.axis]
+        ):
+            return "target copies the channel axis from a different input axis"
+        ctx.set(out, new)
+        return None
+
+    def slice(self, node, keep):
+        out = node.outputs[0].name
+        if not keep.changed(out):
+            return
+        target = node.inputs[1].values.copy()
+        axis = keep.layout(out).axis
+        if target[axis] > 0:
+            target[axis] = int(keep.features(out).sum())
+            replace_constant(node, 1, target, "sliced")
+
+
+@register("Squeeze")
+class Squeeze(Handler):
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        lay = ctx.lay(x)
+        if lay is None:
+            return None
+        r = rank(x)
+        axes = node_axes(node)
+        if axes == [] and x.shape is not None:
+            axes = [i for i, d in enumerate(x.shape) if d == 1]
+        if axes is None or r is None or not axes:
+            return "unknown axes"
+        axes = _norm(axes, r)
+        if any(a in (0, lay.axis) for a in axes):
+            return "acts on the batch or channel axis"
+        ctx.set(node.outputs[0], lay.moved(lay.axis - sum(a < lay.axis for a in axes)))
+        return None
+
+    def slice(self, node, keep):
+        # Squeeze() without axes drops every size-1 axis: once sliced to one channel it would
+        # drop the channel axis too, so the inferred axes are written out
+        x = node.inputs[0]
+        if not keep.changed(x.name) or node_axes(node) != []:
+            return
+        axes = [i for i, d in enumerate(x.shape) if d == 1]
+        if keep.opset < 13:
+            node.attrs["axes"] = axes
+            return
+        const = gs.Constant(f"{node.name}__axes", np.array(axes, np.int64))
+        if len(node.inputs) > 1:
+            node.inputs[1] = const
+        else:
+            node.inputs.append(const)
+
+
+@register("Unsqueeze")
+class Unsqueeze(Handler):
+    def propagate(self, node, ctx):
+        lay = ctx.lay(node.inputs[0])
+        if lay is None:
+            return None
+        r_out = rank(node.outputs[0])
+        axes = node_axes(node)
+        if axes is None or r_out is None or not axes:
+            return "unknown axes"
+        axes = set(_norm(axes, r_out))
+        kept = [a for a in range(r_out) if a not in axes]  # output position of each input axis
+        if kept[0] != 0:
+            return "acts on the batch or channel axis"
+        ctx.set(node.outputs[0], lay.moved(kept[lay.axis]))
+        return None
+
+
+@register("Gather")
+class Gather(Handler):
+    """Constant indices on an axis other than batch and channel (e.g. a ViT's class token)."""
+
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        lay = ctx.lay(x)
+        if lay is None:
+            return None
+        idx = const_value(node.inputs[1])
+        r = rank(x)
+        if idx is None or r is None or ctx.only_first_input_labelled(node):
+            return "dynamic indices"
+        axis = int(node.attrs.get("axis", 0))
+        axis = axis + r if axis < 0 else axis
+        if axis in (0, lay.axis):
+            return "gathers along the batch or channel axis"
+        new = lay.axis if axis > lay.axis else lay.axis - 1 + idx.ndim
+        ctx.set(node.outputs[0], lay.moved(new))
+        return None
+
+
+@register("Concat")
+class Concat(Handler):
+    def propagate(self, node, ctx):
+        lays = [ctx.lay(t) for t in node.inputs]
+        if all(lay is None for lay in lays):
+            return None
+        r = rank(node.outputs[0])
+        if r is None:
+            return "unknown rank"
+        axis = int(node.attrs.get("axis", 1))
+        axis = axis + r if axis < 0 else axis
+        first = next(lay for lay in lays if lay is not None)
+        if axis != first.axis:
+            return self._other_axis(node, ctx, lays, first, axis)
+        if any(lay is not None and lay.axis != axis for lay in lays):
+            return "concatenation of different layouts"
+        blocks = {lay.block for lay in lays if lay is not None}
+        if len(blocks) != 1:
+            return "concatenation of different layouts"
+        blk = blocks.pop()
+        chans, poss, labels, offset = [], [], [], 0
+        for t, lay in zip(node.inputs, lays, strict=True):
+            if lay is None:
+                c = t.shape[axis] if t.shape is not None else None
+                if not isinstance(c, int) or c % blk:
+                    return "input of unknown channel count"
+                labs = ctx.anonymous(t, c // blk, f"concatenated with unlabelled '{t.name}'")
+                lay = Layout.simple(labs, axis, blk)
+            chans.append(lay.chan + offset)
+            poss.append(lay.pos)
+            labels.extend(list(lay.labels))
+            offset += lay.channels
+        ctx.set(node.outputs[0], Layout(axis, np.concatenate(chans), np.concatenate(poss),
+                                        np.asarray(labels)))  # fmt: skip
+        return None
+
+    def _other_axis(self, node, ctx, lays, first, axis):
+        """Along another axis (tokens, positions): the channels of all parts are the same."""
+        if axis == 0:
+            return "concatenation along the batch axis"
+        if any(lay is None or not lay.same_geometry(first) for lay in lays):
+            return "concatenation along a non-channel axis with unlabelled parts"
+        for lay in lays[1:]:
+            ctx.union(first.labels, lay.labels)
+        ctx.set(node.outputs[0], first)
+        return None
+
+    def slice(self, node, keep):
+        # a producer whose channels were all removed leaves an empty input: drop it (its dead
+        # branch is then removed by cleanup)
+        kept = [t for t in node.inputs if keep.nonempty(t.name)]
+        if len(kept) < len(node.inputs):
+            node.inputs.clear()
+            node.inputs.extend(kept)
+
+
+@register("Split")
+class Split(Handler):
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        lay = ctx.lay(x)
+        if lay is None:
+            return None
+        r = rank(x)
+        if r is None:
+            return "unknown rank"
+        axis = int(node.attrs.get("axis", 0))
+        axis = axis + r if axis < 0 else axis
+        if axis == 0:
+            return "split along the batch axis"
+        if axis != lay.axis:
+            for o in node.outputs:
+                ctx.set(o, lay)
+            return None
+        sizes = [o.shape[axis] if o.shape is not None else None for o in node.outputs]
+        if any(not isinstance(s, int) for s in sizes) or sum(sizes) != lay.features:
+            return "split sizes unknown"
+        start = 0
+        for o, s in zip(node.outputs, sizes, strict=True):
+            part = lay.chan[start : start + s]
+            chans = np.unique(part)
+            if (
+                np.isin(lay.chan[:start], chans).any()
+                or np.isin(lay.chan[start + s :], chans).any()
+            ):
+                return "split divides a channel's block"
+            remap = {int(c): i for i, c in enumerate(chans)}
+            labels = np.asarray([lay.labels[int(c)] for c in chans])
+            ctx.set(o, Layout(axis, np.array([remap[int(c)] for c in part]),
+                              lay.pos[start : start + s], labels))  # fmt: skip
+            start += s
+        return None
+
+    def slice(self, node, keep):
+        x = node.inputs[0]
+        if not keep.changed(x.name):
+            return
+        axis = int(node.attrs.get("axis", 0))
+        if axis < 0:
+            axis += len(x.shape)
+        if axis != keep.layout(x.name).axis:  # split along positions: sizes unchanged
+            return
+        sizes = np.array([int(keep.features(o.name).sum()) for o in node.outputs], np.int64)
+        if keep.opset < 13:
+            node.attrs["split"] = sizes.tolist()
+            return
+        node.attrs.pop("num_outputs", None)
+        const = gs.Constant(f"{node.name}__split_sizes", sizes)
+        if len(node.inputs) > 1:
+            node.inputs[1] = const
+        else:
+            node.inputs.append(const)
+
+
+@register("Slice")
+class Slice(Handler):
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        lay = ctx.lay(x)
+        if lay is None:
+            return None
+        r = rank(x)
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) > 3 and node.inputs[3].name:
+            av = const_value(node.inputs[3])
+            axes = None if av is None else av.ravel().tolist()
+        elif axes is None:
+            starts = node.attrs.get("starts")
+            n = len(starts) if starts is not None else None
+            if n is None:
+                sv = const_value(node.inputs[1])
+                n = None if sv is None else sv.size
+            axes = None if n is None else list(range(n))
+        if axes is None or r is None or any(a in (0, lay.axis) for a in _norm(list(axes), r)):
+            return "slices the channel axis"
+        ctx.set(node.outputs[0], lay)
+        return None
+
+
+@register("Pad")
+class Pad(Handler):
+    def propagate(self, node, ctx):
+        x = node.inputs[0]
+        lay = ctx.lay(x)
+        if lay is None:
+            return None
+        pads = node.attrs.get("pads")
+        if pads is None:
+            pv = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+            pads = None if pv is None else pv.ravel().tolist()
+        if len(node.inputs) > 3 and node.inputs[3].name:
+            return "pad with explicit axes"
+        r = rank(x)
+        if pads is None or r is None or pads[lay.axis] != 0 or pads[lay.axis + r] != 0:
+            return "pads the channel axis"
+        if len(node.inputs) > 2 and node.inputs[2].name and const_value(node.inputs[2]) is None:
+            return "non-constant pad value"
+        ctx.set(node.outputs[0], lay)
+        return None
+
+
+@register("Resize", "Upsample")
+class Resize(Handler):
+    def propagate(self, node, ctx):
+        lay = ctx.lay(node.inputs[0])
+        if lay is None:
+            return None
+        out = node.outputs[0]
+        size = out.shape[lay.axis] if out.shape is not None and len(out.shape) > lay.axis else None
+        if size != lay.features or lay.block != 1:
+            return "resizes the channel axis"
+        ctx.set(out, lay)
+        return None
+
+    def slice(self, node, keep):
+        out = node.outputs[0].name
+        if keep.changed(out) and len(node.inputs) > 3 and node.inputs[3].name:
+            sizes = node.inputs[3].values.copy()
+            sizes[keep.layout(out).axis] = int(keep.channels(out).sum())
+            replace_constant(node, 3, sizes, "sliced")
