@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,11 @@ from scmopt.errors import ScmoptError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 Specs = dict[str, tuple[list[int | str | None], np.dtype]]
+
+
+class DataWarning(UserWarning):
+    """Calibration data that is usable but probably not what the user meant (the CLI prints
+    these as `scmopt: warning:` lines)."""
 
 
 def load_data(path: str | Path, specs: Specs) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -32,8 +38,20 @@ def load_data(path: str | Path, specs: Specs) -> tuple[dict[str, np.ndarray], np
 def _np_load(path: Path):
     try:
         return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "Object arrays" in str(exc):
+            raise ScmoptError(_objects(path)) from exc
+        raise ScmoptError(f"{path}: not a readable numpy file ({type(exc).__name__})") from exc
     except Exception as exc:
         raise ScmoptError(f"{path}: not a readable numpy file ({type(exc).__name__})") from exc
+
+
+def _objects(path: Path, key: str | None = None) -> str:
+    what = f"array {key!r}" if key else "the array"
+    return (
+        f"{path}: {what} holds Python objects (dtype object), which are not read (pickles can "
+        "run code); save numeric arrays, e.g. np.stack(list_of_arrays)"
+    )
 
 
 def _single(specs: Specs, array: np.ndarray, path: Path) -> dict[str, np.ndarray]:
@@ -46,8 +64,15 @@ def _single(specs: Specs, array: np.ndarray, path: Path) -> dict[str, np.ndarray
 
 
 def _npz(path: Path, specs: Specs) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    arrays = {}
     with _np_load(path) as z:
-        arrays = {k: z[k] for k in z.files}
+        for k in z.files:
+            try:
+                arrays[k] = z[k]
+            except ValueError as exc:  # object arrays refuse to load without pickle
+                raise ScmoptError(_objects(path, k)) from exc
+            except Exception as exc:
+                raise ScmoptError(f"{path}: array {k!r} is unreadable ({exc})") from exc
     labels = arrays.pop("y", None)
     if set(specs) <= set(arrays):
         return {k: arrays[k] for k in specs}, labels
@@ -101,6 +126,13 @@ def check_data(
         arr = np.asarray(feeds[name])
         if arr.dtype != dtype:
             if np.can_cast(arr.dtype, dtype, casting="same_kind"):
+                if arr.dtype.kind != dtype.kind:  # e.g. int32 pixels into a float32 input
+                    warnings.warn(
+                        f"input {name!r}: {arr.dtype} data cast to the model's {dtype}; check "
+                        "its scale (e.g. pixels in 0..255 where the model expects 0..1)",
+                        DataWarning,
+                        stacklevel=2,
+                    )
                 arr = arr.astype(dtype)
             else:
                 raise ScmoptError(f"input {name!r}: dtype {arr.dtype}, model expects {dtype}")
@@ -118,12 +150,29 @@ def check_data(
         lengths.add(len(arr))
         out[name] = arr
     if labels is not None:
+        _check_labels(np.asarray(labels))
         lengths.add(len(labels))
     if len(lengths) > 1:
         raise ScmoptError(f"inputs (and labels) have different numbers of samples: {lengths}")
     if 0 in lengths:
         raise ScmoptError("calibration data is empty")
     return out
+
+
+def _check_labels(y: np.ndarray) -> None:
+    """Labels `y` are one class index per sample (they are compared with the logits' argmax)."""
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise ScmoptError(
+            f"labels y have shape {list(y.shape)} (one-hot or scores?): expected one class "
+            f"index per sample, shape [N]; save y.argmax(1) instead"
+        )
+    if y.ndim != 1:
+        raise ScmoptError(f"labels y have shape {list(y.shape)}: expected class indices [N]")
+    integral = y.dtype.kind in "iub" or (
+        y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+    )
+    if not integral:
+        raise ScmoptError(f"labels y ({y.dtype}) must be integer class indices")
 
 
 def random_data(specs: Specs, n: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -33,12 +33,38 @@ def load(src: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     if not path.is_file():
         raise ScmoptError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf decode errors have many types
         raise ScmoptError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
     if not model.graph.node:
         raise ScmoptError(f"{path}: not an ONNX model (empty graph)")
+    for t in _tensors(model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        where = next((e.value for e in t.external_data if e.key == "location"), "")
+        if not (path.parent / where).is_file():
+            raise ScmoptError(
+                f"{path}: external data file {where!r} (tensor {t.name!r}) is missing: expected "
+                f"at {path.resolve().parent / where}"
+            )
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ScmoptError(f"{path}: external data unreadable ({first})") from exc
     return model
+
+
+def _tensors(g: onnx.GraphProto):
+    """Every tensor stored in `g`: initializers and attribute tensors, subgraphs included."""
+    yield from g.initializer
+    for node in g.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _tensors(sub)
 
 
 def check(model: onnx.ModelProto, what: str = "model") -> None:
