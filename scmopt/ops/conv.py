@@ -138,7 +138,9 @@ def _conv_of_map(node: gs.Node, w64: np.ndarray, bmap: np.ndarray) -> np.ndarray
     out_shape = [
         (padded.shape[1 + a] - (kernel[a] - 1) * dil[a] - 1) // strides[a] + 1 for a in range(nd)
     ]
-    result = np.zeros((w64.shape[0], *out_shape))
+    # only channels with a non-zero map contribute (the removed ones): O x removed per tap
+    nz = np.flatnonzero(np.abs(bmap).reshape(len(bmap), -1).max(axis=1) > 0)
+    result = np.zeros((w64.shape[0], int(np.prod(out_shape))))
     for tap in itertools.product(*[range(k) for k in kernel]):
         window = tuple(
             slice(
@@ -146,10 +148,9 @@ def _conv_of_map(node: gs.Node, w64: np.ndarray, bmap: np.ndarray) -> np.ndarray
             )
             for a in range(nd)
         )
-        result += np.einsum(
-            "oi,i...->o...", w64[(slice(None), slice(None), *tap)], padded[(slice(None), *window)]
-        )
-    return result
+        taps = w64[(slice(None), nz, *tap)]  # [O, removed]
+        result += taps @ padded[(nz, *window)].reshape(len(nz), -1)
+    return result.reshape(w64.shape[0], *out_shape)
 
 
 def _add_conv_of_ones(graph: gs.Graph, node: gs.Node, v: np.ndarray, spatial) -> None:

@@ -95,11 +95,14 @@ class Layout:
 
     def weight_rows(self, w: np.ndarray) -> np.ndarray:
         """[F, O] rows indexed by features -> [C, block, O] in channel-major order."""
-        return w[self.order].reshape(self.channels, self.block, -1)
+        rows = w if self.major else w[self.order]
+        return rows.reshape(self.channels, self.block, -1)
 
     def feature_rows(self, w3: np.ndarray) -> np.ndarray:
         """Inverse of weight_rows: [C, block, O] -> [F, O] in the tensor's feature order."""
         flat = w3.reshape(self.features, -1)
+        if self.major:
+            return flat
         out = np.empty_like(flat)
         out[self.order] = flat
         return out
