@@ -179,6 +179,9 @@ def compress(
     val, fit = order[:n_val], order[n_val:]
     fit_feeds = {k: v[fit] for k, v in feeds.items()}
     val_feeds = {k: v[val] for k, v in feeds.items()}
+    # costs before the search, so that nothing can fail after it (never raises; unknown shapes
+    # are reported)
+    cost_before = cost.model_cost(ug.model, {k: v[:1] for k, v in fit_feeds.items()}, device)
     t1 = time.perf_counter()
     if plan is None:
         found = _search(
@@ -203,6 +206,10 @@ def compress(
                          f"keep multiples of {align} channels")  # fmt: skip
     t2 = time.perf_counter()
     compiled = compile_plan(ug, plan)
+    cost_after = cost.model_cost(compiled.model, {k: v[:1] for k, v in val_feeds.items()}, device)
+    for when, c in (("before", cost_before), ("after", cost_after)):
+        if c.unknown:
+            notes.append(f"FLOPs {when} are a lower bound{c.unknown_text()}, counted as 0")
     t3 = time.perf_counter()
     f_orig = validate.logits(ug.model, val_feeds, batch_size)
     f_sim = validate.logits(simulate(ug, plan), val_feeds, batch_size)
@@ -240,11 +247,12 @@ def compress(
         "scmopt_version": __version__,
         "input": str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>",
         "units": report.unit_counts(ug, plan),
-        "params": {
-            "before": cost.count_params(ug.model),
-            "after": cost.count_params(compiled.model),
+        "params": {"before": cost_before.params, "after": cost_after.params},
+        "flops": {
+            "before": cost_before.flops,
+            "after": cost_after.flops,
+            "unknown": {"before": cost_before.unknown, "after": cost_after.unknown},
         },
-        "flops": {"before": cost.count_flops(ug.model), "after": cost.count_flops(compiled.model)},
         "fidelity": fid,
         "compile_max_abs_error": err,
         "timing_s": {

@@ -230,9 +230,11 @@ def inspect(in_path, as_json, verbose) -> None:
         model = graph.load(examples.resolve(in_path, "model"))
         graph.check(model, "input model")
         ug = analyze(model)
+        costs = cost.model_cost(ug.model)  # never raises: unknown shapes are listed
         info = {
-            "params": cost.count_params(ug.model),
-            "flops": cost.count_flops(ug.model),
+            "params": costs.params,
+            "flops": costs.flops,
+            "flops_unknown": costs.unknown,
             **ug.summary(),
             "groups": [
                 {
@@ -251,7 +253,7 @@ def inspect(in_path, as_json, verbose) -> None:
             click.echo(json.dumps(info, indent=2))
             return
         click.echo(f"{in_path}: opset {graph.opset(model)}, {info['params']:,} parameters, "
-                   f"{info['flops']:,} FLOPs/sample")  # fmt: skip
+                   f"{info['flops']:,} FLOPs/sample{costs.unknown_text()}")  # fmt: skip
         click.echo(f"units: {info['units']} total, {info['prunable']} prunable "
                    f"({info['prunable_fraction']:.1%}), {info['frozen']} frozen\n")  # fmt: skip
         for g in info["groups"]:

@@ -7,7 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from scmopt.ops.cost import count_flops, count_params, linear_macs
+from scmopt.ops.cost import count_flops, count_params, linear_macs, model_cost
+from scmopt.runtime.sessions import session
 
 
 def _init(name: str, shape: tuple[int, ...], dtype=np.float32) -> onnx.TensorProto:
@@ -126,13 +127,19 @@ def test_batch_dim_taken_as_one_but_static_dims_kept():
     assert sym.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
-def test_unknown_shape_raises():
-    # No shape on x at all: the Conv output cannot be inferred, so the count would be a guess.
-    node = helper.make_node("Conv", ["x", "w"], ["y"])
+def test_unknown_shape_is_reported_not_raised():
+    # No shape on x at all and no sample: neither inference nor a run can know the Conv's shapes.
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)
     m = _model([node], [x], [_x("y", [1, 2, 2, 2])], [_init("w", (2, 1, 3, 3))], check=False)
-    with pytest.raises(ValueError, match="not statically known"):
-        count_flops(m)
+    c = model_cost(m)
+    assert (c.flops, c.params, c.unknown, c.macs) == (0, 18, ["conv"], {"conv": None})
+    assert "no sample" in c.note
+    assert c.describe() == "0 (1 linear nodes of unknown shape: conv)"
+    assert count_flops(m) == 0 and linear_macs(m) == {"conv": None}
+    # a calibration sample gives the input's shape: X[1,1,4,4] -> Y[1,2,2,2], 8 outputs x 9
+    sample = {"x": np.zeros((5, 1, 4, 4), np.float32)}
+    assert model_cost(m, sample).macs == {"conv": 8 * 9} and not model_cost(m, sample).unknown
 
 
 def test_initializer_listed_as_input_counted_once():
@@ -149,9 +156,9 @@ def test_initializer_listed_as_input_counted_once():
     assert count_flops(m) == 20
 
 
-def test_batch_lost_in_shape_arithmetic_taken_as_one():
+def test_batch_lost_in_shape_arithmetic_measured_by_onnxruntime():
     # torch's TorchScript export of x.repeat(...) emits Expand(x, ConstantOfShape([4]) of ones),
-    # whose output batch dim onnx shape inference cannot resolve: the leading dim is taken as 1.
+    # whose output batch dim onnx shape inference cannot resolve: one onnxruntime run gives it.
     ones = numpy_helper.from_array(np.array([1], np.int64), "one")
     rank = numpy_helper.from_array(np.array([4], np.int64), "rank")
     nodes = [
@@ -165,3 +172,171 @@ def test_batch_lost_in_shape_arithmetic_taken_as_one():
     )
     assert count_params(m) == 54
     assert count_flops(m) == 2 * (3 * 16) * (2 * 9)
+    assert model_cost(m).measured
+
+
+# --- shapes static inference cannot know -------------------------------------------------------
+def _unknown_shape_model(custom: bool = False) -> onnx.ModelProto:
+    """x[N,2,4,4] -> conv1 -> (Reshape to Abs(Shape(c)), or a custom-domain op) -> conv2 -> Relu
+    -> Flatten -> mm[64,5]. data_prop does not follow Abs, and nothing follows a custom op, so
+    conv2's and mm's shapes are statically unknown."""
+    if custom:
+        middle = [helper.make_node("Scale", ["c"], ["c2"], domain="com.example")]
+    else:
+        middle = [
+            helper.make_node("Shape", ["c"], ["s"]),
+            helper.make_node("Abs", ["s"], ["t"]),
+            helper.make_node("Reshape", ["c", "t"], ["c2"]),
+        ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1] * 4, name="conv1"),
+        *middle,
+        helper.make_node("Conv", ["c2", "w2"], ["d"], pads=[1] * 4, name="conv2"),
+        helper.make_node("Relu", ["d"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("MatMul", ["f", "w3"], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [_x("x", ["N", 2, 4, 4])],
+        [_x("y", ["N", 5])],
+        [_init("w1", (3, 2, 3, 3)), _init("w2", (4, 3, 3, 3)), _init("w3", (64, 5))],
+    )
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.example", 1)] * custom)
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+# conv1: 3*16 outputs x 2*9; conv2: 4*16 outputs x 3*9; mm: 5 outputs x K=64
+CONV1, CONV2, MM = 48 * 18, 64 * 27, 5 * 64
+
+
+def test_shapes_inference_leaves_unknown_come_from_one_onnxruntime_run():
+    from scmopt.io.shapes import resolve_shapes
+
+    m = _unknown_shape_model()
+    static = resolve_shapes(m, names=[])  # nothing requested: static inference only
+    assert static.dims["d"] == (None, 4, None, None) and not static.measured
+    c = model_cost(m)
+    assert c.macs == {"conv1": CONV1, "conv2": CONV2, "mm": MM} and c.unknown == []
+    assert c.measured and c.flops == 2 * (CONV1 + CONV2 + MM) == 5824
+    # the real shape of a batch-1 run, checked against onnxruntime's own output
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    sess = session(m, "cpu")
+    assert sess.run(None, {"x": x})[0].shape == (1, 5)
+    assert count_flops(m, {"x": x}) == 5824
+
+
+def test_custom_domain_op_upstream_leaves_nodes_unknown_listed():
+    m = _unknown_shape_model(custom=True)
+    c = model_cost(m)
+    assert c.unknown == ["conv2", "mm"] and c.macs["conv1"] == CONV1
+    assert c.flops == 2 * CONV1 and not c.measured
+    assert "onnxruntime could not run" in c.note and "com.example" in c.note
+    assert c.describe() == "1,728 (2 linear nodes of unknown shape: conv2, mm)"
+
+
+def test_paddle_style_weights_in_constant_nodes():
+    """Every weight a Constant node (Paddle2ONNX): parameters and FLOPs of the raw and the
+    canonical model agree with the counts made by hand."""
+    from scmopt.units.analysis import analyze
+
+    rng = np.random.default_rng(1)
+
+    def const(name, *shape):
+        value = numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        return helper.make_node("Constant", [], [name], value=value)
+
+    target = numpy_helper.from_array(np.array([-1, 8], np.int64), "target")
+    nodes = [
+        const("w1", 8, 3, 3, 3),
+        const("b1", 8),
+        const("w2", 8, 10),
+        const("b2", 10),
+        helper.make_node("Constant", [], ["target"], value=target),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Reshape", ["p", "target"], ["f"]),
+        helper.make_node("MatMul", ["f", "w2"], ["mm"]),
+        helper.make_node("Add", ["mm", "b2"], ["y"]),
+    ]
+    m = _model(nodes, [_x("x", ["N", 3, 6, 6])], [_x("y", ["N", 10])], opset=11)
+    params = 8 * 27 + 8 + 80 + 10
+    flops = 2 * (8 * 36 * 27 + 8 * 10)
+    for model in (m, analyze(m).model):
+        c = model_cost(model)
+        assert (c.params, c.flops, c.unknown) == (params, flops, [])
+
+
+def test_macs_functions_are_pure_and_say_none_when_unknown():
+    from scmopt.ops import macs
+
+    mm = helper.make_node("MatMul", ["q", "k"], ["s"])
+    # attention Q K^T: [1,4,7,16] x [1,4,16,7] -> [1,4,7,7], K = 16; output derived when unknown
+    qk = {"q": (1, 4, 7, 16), "k": (1, 4, 16, 7)}
+    assert macs.matmul_macs(mm, {**qk, "s": (1, 4, 7, 7)}) == macs.matmul_macs(mm, qk) == 3136
+    assert macs.matmul_macs(mm, {"q": (1, 4, 7, 16), "k": (3, 4, 16, 7)}) == 3 * 3136  # broadcast
+    assert macs.matmul_macs(mm, {"q": (2, 4, 7, 16), "k": (3, 4, 16, 7)}) is None  # cannot
+    assert macs.matmul_macs(mm, {"q": (16,), "k": (16, 5)}) == 80  # 1-D operand
+    assert macs.matmul_macs(mm, {"q": (None, 16), "k": (16, 5)}) is None
+    gemm = helper.make_node("Gemm", ["a", "b"], ["y"], transA=1, transB=1)
+    assert macs.gemm_macs(gemm, {"a": (10, 2), "b": (5, 10)}) == 2 * 10 * 5
+    assert macs.gemm_macs(gemm, {"a": (10, 2, 1), "b": (5, 10)}) is None
+    assert macs.gemm_macs(gemm, {"a": (10, 2)}) is None
+    conv = helper.make_node("Conv", ["x", "w"], ["y"])
+    assert macs.conv_macs(conv, {"w": (8, 2, 3, 3)}) is None
+    assert macs.conv_macs(conv, {"w": (8, 2, 3, 3), "y": (1, 8, 4, 4)}) == 128 * 18
+    convt = helper.make_node("ConvTranspose", ["x", "w"], ["y"])
+    assert macs.conv_transpose_macs(convt, {"x": (1, 3, 4, 4), "w": (3, 2, 2, 2)}) == 48 * 8
+    assert macs.conv_transpose_macs(convt, {"x": (1, 3, None, 4), "w": (3, 2, 2, 2)}) is None
+    assert macs.node_macs(helper.make_node("Relu", ["x"], ["y"]), {}) == 0
+    custom = helper.make_node("MatMul", ["q", "k"], ["s"], domain="com.example")
+    assert macs.node_macs(custom, qk) == 0
+
+
+@pytest.mark.parametrize("custom", [False, True])
+def test_inspect_exits_0_when_shapes_are_unknown(tmp_path, custom):
+    from click.testing import CliRunner
+
+    from scmopt.cli import main
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_unknown_shape_model(custom), path)
+    res = CliRunner().invoke(main, ["inspect", str(path)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    if custom:
+        assert "1,728 FLOPs/sample (2 linear nodes of unknown shape: conv2, mm)" in res.output
+    else:
+        assert "5,824 FLOPs/sample" in res.output and "unknown" not in res.output
+
+
+def test_compress_reports_unknown_costs_instead_of_failing(monkeypatch):
+    """When even the onnxruntime run cannot give a shape, compress still finishes: the FLOPs
+    are a lower bound, named in the report's notes and its HTML table."""
+    import scmopt
+    from scmopt.ops import cost
+    from scmopt.report.html import render_html
+
+    real = cost.resolve_shapes
+
+    def static_only(model, sample=None, names=None, device="auto"):
+        return real(model, sample, names=[], device=device)
+
+    monkeypatch.setattr(cost, "resolve_shapes", static_only)
+    x = np.random.default_rng(0).standard_normal((32, 2, 4, 4)).astype(np.float32)
+    res = scmopt.compress(_unknown_shape_model(), {"x": x}, keep=0.5, seed=0)
+    flops = res.report["flops"]
+    assert flops["unknown"] == {"before": ["conv2", "mm"], "after": ["conv2", "mm"]}
+    assert flops["before"] == 2 * CONV1
+    assert "FLOPs before are a lower bound (2 linear nodes of unknown shape: conv2, mm), " \
+           "counted as 0" in res.report["notes"]  # fmt: skip
+    html = render_html(res.report, res.unit_graph)
+    assert "lower bound: linear nodes of unknown shape counted as 0, 2 before / 2 after" in html
+
+
+def test_unknown_text_names_at_most_four():
+    c = model_cost(_unknown_shape_model(custom=True))
+    many = type(c)(flops=0, params=0, unknown=[f"n{i}" for i in range(6)])
+    assert many.unknown_text() == " (6 linear nodes of unknown shape: n0, n1, n2, n3 (+2 more))"
+    assert type(c)(flops=5, params=0).describe() == "5"

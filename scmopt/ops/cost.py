@@ -1,18 +1,27 @@
-"""Static cost model of an ONNX graph: parameter count and FLOPs (numpy + onnx only).
+"""Cost model of an ONNX graph: parameter count and FLOPs of one sample. Never raises.
 
 FLOPs are 2 x the multiply-accumulates of the linear operators Conv, ConvTranspose, Gemm and
-MatMul for one sample. Elementwise ops (Add, Relu, BatchNormalization, pooling, ...) are not
-counted: they are a small, architecture-independent fraction of the work of the networks we prune.
+MatMul for one sample (scmopt.ops.macs). Elementwise ops (Add, Relu, BatchNormalization,
+pooling, ...) are not counted: they are a small, architecture-independent fraction of the work
+of the networks we prune. Shapes come from scmopt.io.shapes (static inference, then one
+onnxruntime run for what inference leaves unknown); a linear node whose shapes still cannot be
+known is listed in `Cost.unknown` and contributes nothing, it never raises.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
-__all__ = ["count_params", "count_flops", "linear_macs"]
+from scmopt.io.shapes import resolve_shapes
+from scmopt.ops.macs import MACS
+
+__all__ = ["Cost", "count_params", "count_flops", "linear_macs", "model_cost"]
 
 _FLOAT_TYPES = {
     TensorProto.FLOAT,
@@ -20,9 +29,38 @@ _FLOAT_TYPES = {
     TensorProto.FLOAT16,
     TensorProto.BFLOAT16,
 }
-_LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_DEFAULT_DOMAINS = ("", "ai.onnx")
 
-Shape = tuple[int | None, ...]
+
+@dataclass(frozen=True)
+class Cost:
+    """Parameters and FLOPs of one sample.
+
+    `macs` has one entry per linear node of the main graph (keyed by node name, else its first
+    output): its multiply-accumulates, or None when its shapes could not be known; those nodes
+    are listed in `unknown` and `flops` counts only the others (a lower bound then).
+    `measured` says an onnxruntime run supplied shapes static inference left unknown; `note`
+    why shapes stayed unknown, when some did.
+    """
+
+    flops: int
+    params: int
+    macs: dict[str, int | None] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+    measured: bool = False
+    note: str | None = None
+
+    def unknown_text(self, n: int = 4) -> str:
+        """'' or ' (2 linear nodes of unknown shape: a, b)'."""
+        if not self.unknown:
+            return ""
+        more = f" (+{len(self.unknown) - n} more)" if len(self.unknown) > n else ""
+        names = ", ".join(self.unknown[:n])
+        return f" ({len(self.unknown)} linear nodes of unknown shape: {names}{more})"
+
+    def describe(self) -> str:
+        """'1,234' or '1,234 (2 linear nodes of unknown shape: a, b)'."""
+        return f"{self.flops:,}{self.unknown_text()}"
 
 
 def _tensor_numel(t: onnx.TensorProto) -> int:
@@ -51,7 +89,7 @@ def count_params(model: onnx.ModelProto) -> int:
     for g in _graphs(model.graph):
         total += sum(_tensor_numel(t) for t in g.initializer if t.data_type in _FLOAT_TYPES)
         for node in g.node:
-            if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            if node.op_type != "Constant" or node.domain not in _DEFAULT_DOMAINS:
                 continue
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type in _FLOAT_TYPES:
@@ -63,109 +101,48 @@ def count_params(model: onnx.ModelProto) -> int:
     return total
 
 
-def _with_unit_batch(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of model whose symbolic/unknown input dims are 1 and whose stale shape info is gone."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    init_names = {t.name for t in m.graph.initializer}
-    for inp in m.graph.input:
-        if inp.name in init_names or not inp.type.HasField("tensor_type"):
-            continue
-        tt = inp.type.tensor_type
-        if not tt.HasField("shape"):
-            continue
-        for d in tt.shape.dim:
-            if not d.HasField("dim_value") or d.dim_value <= 0:
-                d.Clear()
-                d.dim_value = 1
-    # Shapes recorded by the exporter may carry the symbolic batch; let inference recompute them.
-    del m.graph.value_info[:]
-    for out in m.graph.output:
-        if out.type.HasField("tensor_type"):
-            out.type.tensor_type.ClearField("shape")
-    return m
+def _linear_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type in MACS and n.domain in _DEFAULT_DOMAINS]
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, Shape]:
-    """Map every tensor name of the main graph to its (possibly partly unknown) static shape."""
-    inferred = onnx.shape_inference.infer_shapes(model, check_type=False, data_prop=True)
-    g = inferred.graph
-    shapes: dict[str, Shape] = {}
-    for vi in [*g.input, *g.value_info, *g.output]:
-        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-    for t in g.initializer:
-        shapes[t.name] = tuple(t.dims)
-    for node in g.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    shapes[node.output[0]] = tuple(attr.t.dims)
-    return shapes
+def model_cost(
+    model: onnx.ModelProto,
+    sample: Mapping[str, np.ndarray] | None = None,
+    device: str = "auto",
+) -> Cost:
+    """Parameters and FLOPs of one sample of `model`; never raises on a readable model.
 
-
-def _known(shapes: dict[str, Shape], name: str, node: onnx.NodeProto) -> tuple[int, ...]:
-    """Static shape of ``name``; an unknown leading (batch) dimension is taken as 1."""
-    shape = shapes.get(name)
-    if shape is not None and len(shape) > 0 and shape[0] is None:
-        shape = (1, *shape[1:])
-    if shape is None or any(d is None for d in shape):
-        raise ValueError(
-            f"count_flops: shape of {name!r} (input/output of {node.op_type} node "
-            f"{node.name!r}) is not statically known after shape inference: {shape}"
-        )
-    return tuple(int(d) for d in shape)  # type: ignore[arg-type]
-
-
-def _node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int:
-    op = node.op_type
-    if op == "Conv":
-        # Y[N, M, *out] with W[M, C/group, *k]: each output element costs (C/group) * prod(k).
-        w = _known(shapes, node.input[1], node)
-        y = _known(shapes, node.output[0], node)
-        return math.prod(y) * math.prod(w[1:])
-    if op == "ConvTranspose":
-        # X[N, C, *in] with W[C, M/group, *k]: each input element scatters into (M/group)*prod(k).
-        x = _known(shapes, node.input[0], node)
-        w = _known(shapes, node.input[1], node)
-        return math.prod(x) * math.prod(w[1:])
-    if op == "Gemm":
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        a = _known(shapes, node.input[0], node)
-        b = _known(shapes, node.input[1], node)
-        m, k = (a[1], a[0]) if attrs.get("transA", 0) else (a[0], a[1])
-        n = b[0] if attrs.get("transB", 0) else b[1]
-        return m * k * n
-    if op == "MatMul":
-        a = _known(shapes, node.input[0], node)
-        y = _known(shapes, node.output[0], node)
-        return math.prod(y) * a[-1]
-    return 0
-
-
-def linear_macs(model: onnx.ModelProto) -> dict[str, int]:
-    """Multiply-accumulates per linear node (keyed by node name, else output name), batch 1."""
-    m = _with_unit_batch(model)
-    shapes = _shapes(m)
-    out: dict[str, int] = {}
-    for node in m.graph.node:
-        if node.op_type in _LINEAR_OPS and node.domain in ("", "ai.onnx"):
-            out[node.name or node.output[0]] = int(_node_macs(node, shapes))
-    return out
-
-
-def count_flops(model: onnx.ModelProto) -> int:
-    """FLOPs of one sample: 2 x MACs of Conv, ConvTranspose, Gemm and MatMul nodes.
-
-    Symbolic or unknown graph-input dimensions (the dynamic batch) are set to 1 before shape
-    inference, and a leading dimension that inference still cannot resolve (a batch that went
-    through shape arithmetic onnx cannot propagate, e.g. ConstantOfShape -> Expand) is taken as 1;
-    static dimensions are used as given. Grouped/depthwise convolutions cost
-    N_out_elems x (Cin/group) x prod(kernel).
-    Elementwise ops, normalisation, pooling and activations are not counted. Linear nodes inside
-    subgraphs (If/Loop bodies) are not counted. Raises ValueError if a linear node's shapes cannot
-    be inferred statically.
+    Shapes are those of one sample: `sample` (cut to one sample; e.g. a calibration sample),
+    else symbolic or unknown input dimensions taken as 1. Static dimensions are used as given
+    (a model with a fixed batch of 3 costs three samples). Linear nodes inside subgraphs
+    (If/Loop bodies) are not counted. `model` is not modified.
     """
-    return 2 * sum(linear_macs(model).values())
+    nodes = _linear_nodes(model)
+    wanted = [t for n in nodes for t in (*n.input, *n.output) if t]
+    shapes = resolve_shapes(model, sample, names=wanted, device=device) if nodes else None
+    macs: dict[str, int | None] = {}
+    for node in nodes:
+        macs[node.name or node.output[0]] = MACS[node.op_type](node, shapes.dims)
+    unknown = [k for k, v in macs.items() if v is None]
+    return Cost(
+        flops=2 * sum(v for v in macs.values() if v is not None),
+        params=count_params(model),
+        macs=macs,
+        unknown=unknown,
+        measured=bool(shapes and shapes.measured),
+        note=shapes.note if shapes is not None and unknown else None,
+    )
+
+
+def linear_macs(
+    model: onnx.ModelProto, sample: Mapping[str, np.ndarray] | None = None
+) -> dict[str, int | None]:
+    """Multiply-accumulates per linear node for one sample (None: shapes unknown); see
+    model_cost."""
+    return model_cost(model, sample).macs
+
+
+def count_flops(model: onnx.ModelProto, sample: Mapping[str, np.ndarray] | None = None) -> int:
+    """FLOPs of one sample: 2 x MACs of the Conv, ConvTranspose, Gemm and MatMul nodes whose
+    shapes are known (see model_cost; never raises, unknown nodes count 0)."""
+    return model_cost(model, sample).flops

@@ -61,6 +61,18 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
+def _unknown_flops(flops: dict) -> str:
+    """' (lower bound: N linear nodes of unknown shape ...)' when the cost model reported any."""
+    unknown = flops.get("unknown") or {}
+    parts = [f"{len(v)} {k}" for k, v in unknown.items() if v]
+    if not parts:
+        return ""
+    names = sorted({n for v in unknown.values() for n in v})
+    shown = ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+    return html.escape(f" (lower bound: linear nodes of unknown shape counted as 0, "
+                       f"{' / '.join(parts)}: {shown})")  # fmt: skip
+
+
 def render_html(report: dict, ug: UnitGraph) -> str:
     u, fid = report["units"], report["fidelity"]
     tot = max(u["total"], 1)
@@ -68,7 +80,11 @@ def render_html(report: dict, ug: UnitGraph) -> str:
         ("units kept / total", f"{u['kept']} / {u['total']} ({u['kept'] / tot:.0%})"),
         ("constant / folded / frozen", f"{u['constant']} / {u['folded']} / {u['frozen']}"),
         ("parameters", f"{report['params']['before']:,} → {report['params']['after']:,}"),
-        ("FLOPs / sample", f"{report['flops']['before']:,} → {report['flops']['after']:,}"),
+        (
+            "FLOPs / sample",
+            f"{report['flops']['before']:,} → {report['flops']['after']:,}"
+            + _unknown_flops(report["flops"]),
+        ),
         ("interventional risk (normalised)", _fmt(fid.get("risk"))),
         ("fidelity (top-1 agreement)", _fmt(fid.get("agreement"))),
         (f"IIA (mean over cuts, p = {fid.get('iia_p', 0.5):g})", _fmt(fid.get("iia"))),
