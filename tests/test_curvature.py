@@ -173,11 +173,15 @@ def test_uniform_and_coupling():
 
 
 def test_fixed_batch_probes_match_batched():
+    from test_batch import merged_batch_model  # runs one sample at a time (scmopt.io.batch)
+
     got = []
-    for fixed in (True, False):
-        ug = analyze(relu_model(fixed_batch=fixed))
+    merged = merged_batch_model()
+    for model in (merged, relu_model()):
+        ug = analyze(model)
         x = inputs(8)
         runner = Runner(ug, x, device="cpu")
+        assert runner.batched == (model is not merged)
         prober = curv.Prober(ug, sites(ug), batched=runner.batched, device="cpu")
         pf = runner.plan_feeds(None)
         cache = prober.cache(x, pf)

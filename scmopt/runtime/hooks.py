@@ -141,16 +141,13 @@ def simulate(ug: UnitGraph, plan: Plan) -> onnx.ModelProto:
 
 
 def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Marks axis 0 of every graph input and output symbolic ("N"), for batched analysis runs.
+    """Marks axis 0 of every graph input and output symbolic ("N"), for batched analysis runs;
+    shape tensors of a fixed-batch export that bake the batch are rewritten to follow it
+    (scmopt.io.batch.symbolic_batch: same function at the original batch size).
 
-    Models that bake the batch size into Reshape targets still fail at batch > 1; callers
-    check with a batch of two and fall back to one sample per run.
+    Callers still check with a batch of two (runtime.accepts_batch: it must run and give the
+    single-sample results) and fall back to one sample per run.
     """
-    model = copy.deepcopy(model)
-    for vi in list(model.graph.input) + list(model.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims):
-            dims[0].Clear()
-            dims[0].dim_param = "N"
-    del model.graph.value_info[:]
-    return model
+    from scmopt.io.batch import symbolic_batch
+
+    return symbolic_batch(model)

@@ -96,24 +96,47 @@ def session(
         return ort.InferenceSession(lowered.SerializeToString(), opts, providers=providers(device))
 
 
-def batched_session(
+def batch_probe(
     model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: str
-) -> ort.InferenceSession | None:
-    """A session for `model` when it runs with a batch of two, else None (some exports bake the
-    batch size in)."""
-    probe = {k: np.concatenate([v[:1], v[:1]]) for k, v in feeds.items()}
+) -> tuple[ort.InferenceSession | None, str | None]:
+    """(session, None) when `model` runs a batch of two samples and gives what it gives on each
+    sample alone; else (None, reason). Never raises.
+
+    The first two samples of `feeds` are used (one sample twice when there is only one).
+    Some exports bake the batch size into shape tensors: such a model fails at batch two, or
+    runs and mixes the samples (a Reshape to [1, -1] makes [1, 2F]); both are caught here.
+    """
+    pair = {k: np.concatenate([v[:1], v[1:2] if len(v) > 1 else v[:1]]) for k, v in feeds.items()}
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4
     try:
         sess = session(model, device, spinning=False)
-        sess.run(None, probe, quiet)
-    except Exception:  # onnxruntime raises several types for shape errors
-        return None
-    return sess
+        both = sess.run(None, pair, quiet)
+        alone = [sess.run(None, {k: v[i : i + 1] for k, v in pair.items()}, quiet) for i in (0, 1)]
+    except Exception as exc:  # onnxruntime raises several types for shape errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return None, f"does not run at batch 2: {first[:200]}"
+    for k, out in enumerate(both):
+        parts = [np.asarray(a[k]) for a in alone]
+        want = np.concatenate(parts) if all(p.ndim for p in parts) else None
+        out = np.asarray(out)
+        if want is None or out.shape != want.shape:
+            return None, f"output {k} at batch 2 has shape {out.shape}, not two samples"
+        scale = float(np.abs(want).max()) if want.size and want.dtype.kind == "f" else 1.0
+        if not np.allclose(out, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0), equal_nan=True):
+            return None, f"output {k} at batch 2 differs from the single-sample runs"
+    return sess, None
+
+
+def batched_session(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: str
+) -> ort.InferenceSession | None:
+    """A session for `model` when it runs on batches (see batch_probe), else None."""
+    return batch_probe(model, feeds, device)[0]
 
 
 def accepts_batch(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: str) -> bool:
-    """True when the model runs with a batch of two."""
+    """True when the model runs a batch of two and gives the two single-sample results."""
     return batched_session(model, feeds, device) is not None
 
 
