@@ -1,0 +1,180 @@
+"""Command line: `scmopt IN OUT` (= `scmopt compress IN OUT`), `inspect`, `validate`.
+
+Pieces: compress (checks, search, compile, write), checks (made before any work), planfile
+(OUT.plan.json, `--plan`), progress (bars or plain lines on stderr), common (one-line errors).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scmopt import examples
+from scmopt.cli.common import fail as _fail
+from scmopt.cli.compress import compress
+from scmopt.errors import ScmoptError
+from scmopt.io import graph
+from scmopt.ops import cost
+
+COMMANDS = ("compress", "inspect", "validate")
+
+
+class DefaultGroup(click.Group):
+    """Runs `compress` when the first argument is not a sub-command; usage errors are one
+    line (`scmopt: error: ...`, exit 2) like every other error."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["compress", *args]
+        return super().parse_args(ctx, args)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("standalone_mode", None)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `scmopt`: the help
+                exc.show()
+                sys.exit(exc.exit_code)
+            hint = f" (see {exc.ctx.command_path} -h)" if exc.ctx is not None else ""
+            click.echo(f"scmopt: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("scmopt: aborted", err=True)
+            sys.exit(1)
+        except BrokenPipeError:
+            _fail(BrokenPipeError(), False)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="scmopt")
+def main() -> None:
+    """Compile a trained ONNX network into a sparse approximate causal abstraction.
+
+    `scmopt IN.onnx OUT.onnx --data calib.npz` is short for `scmopt compress ...`.
+    """
+
+
+main.add_command(compress)
+
+
+@main.command()
+@click.argument("in_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("-v", "--verbose", is_flag=True)
+def inspect(in_path, as_json, verbose) -> None:
+    """Print unit groups, frozen units with reasons, parameters and FLOPs."""
+    try:
+        from scmopt.units.analysis import analyze
+
+        model = graph.load(examples.resolve(in_path, "model"))
+        graph.check(model, "input model")
+        ug = analyze(model)
+        costs = cost.model_cost(ug.model)  # never raises: unknown shapes are listed
+        info = {
+            "params": costs.params,
+            "flops": costs.flops,
+            "flops_unknown": costs.unknown,
+            **ug.summary(),
+            "groups": [
+                {
+                    "id": g.id,
+                    "units": len(g.units),
+                    "cuts": g.cuts,
+                    "producers": g.producers,
+                    "consumers": g.consumers,
+                    "frozen": sum(1 for u in g.units if not ug.units[u].prunable),
+                }  # fmt: skip
+                for g in ug.groups.values()
+            ],
+            "frozen_units": ug.frozen(),
+        }
+        if as_json:
+            click.echo(json.dumps(info, indent=2))
+            return
+        click.echo(f"{in_path}: opset {graph.opset(model)}, {info['params']:,} parameters, "
+                   f"{info['flops']:,} FLOPs/sample{costs.unknown_text()}")  # fmt: skip
+        click.echo(f"units: {info['units']} total, {info['prunable']} prunable "
+                   f"({info['prunable_fraction']:.1%}), {info['frozen']} frozen\n")  # fmt: skip
+        for g in info["groups"]:
+            click.echo(f"{g['id']}: {g['units']} units ({g['frozen']} frozen), "
+                       f"{len(g['cuts'])} cut(s)")  # fmt: skip
+            click.echo(f"    producers: {_short(g['producers'])}")
+            click.echo(f"    consumers: {_short(g['consumers'])}")
+            click.echo(f"    cuts:      {_short(g['cuts'])}")
+        reasons: dict[str, int] = {}
+        for r in info["frozen_units"].values():
+            reasons[r] = reasons.get(r, 0) + 1
+        if reasons:
+            click.echo("\nfrozen units:")
+            for r, n in sorted(reasons.items(), key=lambda x: -x[1]):
+                click.echo(f"  {n:5d}  {r}")
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, verbose)
+
+
+def _short(items: list[str], n: int = 4) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+@main.command(name="validate")
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.argument("compressed", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path())
+@click.option("--runs", default=20, show_default=True, type=click.IntRange(min=1),
+              help="latency repetitions")  # fmt: skip
+@click.option("-v", "--verbose", is_flag=True)
+def validate_cmd(original, compressed, data, runs, verbose) -> None:
+    """Fidelity, accuracy, IIA, parameters, FLOPs and CPU latency of both models."""
+    try:
+        import numpy as np
+
+        from scmopt.api import plan_from_model, prepare_data
+        from scmopt.compiler.compile import compile_plan
+        from scmopt.evaluation import validate
+        from scmopt.units.analysis import analyze
+
+        paths = [examples.resolve(p, "model") for p in (original, compressed)]
+        a, b = (graph.load(p) for p in paths)
+        data = examples.resolve(data, "data")
+        if Path(paths[0]).resolve() == Path(paths[1]).resolve():
+            click.echo("scmopt: warning: ORIGINAL and COMPRESSED are the same file", err=True)
+        graph.check(a, "original model")
+        graph.check(b, "compressed model")
+        if list(graph.input_specs(a)) != list(graph.input_specs(b)):
+            raise ScmoptError("the models have different inputs")
+        feeds, labels, _ = prepare_data(a, data)
+        fa, fb = validate.logits(a, feeds), validate.logits(b, feeds)
+        if fa.shape != fb.shape:
+            raise ScmoptError(f"output shapes differ: {fa.shape} vs {fb.shape}")
+        rows = [("samples", str(len(fa)), ""),
+                ("parameters", f"{cost.count_params(a):,}", f"{cost.count_params(b):,}"),
+                ("FLOPs/sample", f"{cost.count_flops(a):,}", f"{cost.count_flops(b):,}"),
+                ("latency b=1 (ms)", f"{validate.latency_ms(a, feeds, 1, runs):.3f}",
+                 f"{validate.latency_ms(b, feeds, 1, runs):.3f}"),
+                ("fidelity", "", f"{validate.agreement(fa, fb):.4f}")]  # fmt: skip
+        if labels is not None:
+            acc = [float(np.mean(f.reshape(len(f), -1).argmax(1) == labels)) for f in (fa, fb)]
+            rows.append(("accuracy", f"{acc[0]:.4f}", f"{acc[1]:.4f}"))
+        plan = plan_from_model(b)
+        if plan is not None:
+            ug = analyze(a)
+            kept = compile_plan(ug, plan).kept_positions
+            iia = validate.artifact_iia(ug, plan, b, kept, feeds)
+            rows.append(("IIA (mean over cuts)", "", f"{np.mean(list(iia.values())):.4f}"))
+        else:
+            rows.append(("IIA", "", "n/a (no scmopt plan in the model's metadata)"))
+        click.echo(f"{'':22s}{'original':>16s}{'compressed':>16s}")
+        for k, x, y in rows:
+            click.echo(f"{k:22s}{x:>16s}{y:>16s}")
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, verbose)

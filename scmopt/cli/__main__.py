@@ -1,0 +1,5 @@
+"""`python -m scmopt.cli ...` runs the command line."""
+
+from scmopt.cli import main
+
+main()
