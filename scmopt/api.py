@@ -112,13 +112,16 @@ def analyze(
     ).plan  # fmt: skip
 
 
-def _search(ug: UnitGraph, feeds: dict[str, np.ndarray], *, criterion: str, **options):
-    """The search on checked feeds; returns the SearchResult (plan, trajectory, metrics)."""
+def _search(ug: UnitGraph, feeds: dict[str, np.ndarray], *, criterion: str,
+            progress: Progress | None = None, **options):  # fmt: skip
+    """The search on checked feeds; returns the SearchResult (plan, trajectory, metrics).
+    The options become one frozen SearchConfig here, the only place it is built."""
+    from scmopt.analysis.config import SearchConfig
     from scmopt.analysis.search import search
 
     if criterion not in CRITERIA:
         raise ScmoptError(f"unknown criterion {criterion!r} (one of {', '.join(CRITERIA)})")
-    return search(ug, feeds, criterion=criterion, **options)
+    return search(ug, feeds, SearchConfig(criterion=criterion, **options), progress=progress)
 
 
 def compile(model: str | Path | onnx.ModelProto | UnitGraph, plan: Plan) -> onnx.ModelProto:  # noqa: A001

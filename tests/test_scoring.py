@@ -7,14 +7,12 @@ import pytest
 
 from models import load_split, model_path
 from scmopt.analysis.curvature import Prober
+from scmopt.analysis.fits import _ls, _ls_batch, fit_cut
 from scmopt.analysis.measure import Runner
 from scmopt.analysis.scoring import (
     CRITERIA,
     Scorer,
-    _ls,
-    _ls_batch,
     apply,
-    fit_cut,
     residual_cov,
     select,
 )

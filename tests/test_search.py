@@ -113,7 +113,7 @@ def test_bad_data_raises(mlp):
 def test_greedy_brute_force_baseline_on_a_tiny_model():
     from test_curvature import inputs, relu_model
 
-    from scmopt.analysis.search import greedy_search
+    from scmopt.analysis.greedy import greedy_search
 
     ug = analyze(relu_model())
     res = greedy_search(ug, inputs(48), keep=0.5, device="cpu")
@@ -141,7 +141,7 @@ def test_final_refit_never_raises_held_out_risk(mlp):
 
 
 def test_probe_band_is_centred_on_the_cut_off_and_capped():
-    from scmopt.analysis.search import _band
+    from scmopt.analysis.rules import probe_band as _band
 
     pre = {f"u{i:03d}": float(i) for i in range(300)}
     wide = _band(120, 0.5, 1000)(pre)

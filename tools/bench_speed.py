@@ -8,8 +8,8 @@ Per zoo model, in one run:
   time median of --repeats runs;
 - exhaustive per-unit ablation (criterion ablation: every candidate's exact effect measured on
   all fit data each round) with the same stopping rule;
-- greedy brute force (scmopt.search.greedy_search: exact ablation of every remaining candidate
-  after every single removal) down to the unit count scmopt reached. When it would exceed
+- greedy brute force (scmopt.analysis.greedy.greedy_search: exact ablation of every remaining
+  candidate after every single removal) down to the unit count scmopt reached. When it would exceed
   --greedy-budget seconds it is stopped after the rounds that fit, and its total time is
   extrapolated from the measured per-candidate cost (the cost of round r is proportional to the
   candidates left, P - r + 1), as reported in the `greedy_extrapolated` column.
@@ -49,7 +49,7 @@ def fit_split(feeds: dict, labels, seed: int, holdout: float = 0.2):
 
 def greedy(name: str, keep: float, budget: float, seed: int, test, y) -> dict:
     from scmopt import units
-    from scmopt.analysis.search import greedy_search
+    from scmopt.analysis.greedy import greedy_search
     from scmopt.compiler.compile import compile_plan
 
     ug = units.analyze(B.load_model(name))

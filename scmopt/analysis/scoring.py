@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scmopt.analysis import curvature as curv
+from scmopt.analysis.fits import Fit, fit_cut
 from scmopt.analysis.stats import CutStats, Stats
 from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
@@ -30,139 +31,6 @@ from scmopt.units.analysis import UnitGraph
 
 CRITERIA = ("curvature", "layer", "variance", "magnitude", "random", "ablation")
 CALIBRATED = {"curvature", "layer", "ablation"}  # scores are predicted risks
-
-
-@dataclass
-class Fit:
-    """A unit's constant and fold at one cut (pooled per-position moments)."""
-
-    cut: str
-    channels: list[int]
-    mean: np.ndarray  # [P] constant offset (per position; [1] when pooled)
-    var: float  # constant residual, per position
-    pred: list[str] = field(default_factory=list)  # predictor unit ids
-    pred_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
-    coef: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    offset: np.ndarray | None = None  # fold offset [P]
-    resid: float = np.inf  # fold residual, per position
-
-    def direction(self, fold: bool) -> curv.Direction:
-        if fold and self.pred:
-            return curv.Direction(self.channels, self.pred_idx, self.coef, self.offset)
-        return curv.Direction(self.channels, np.zeros(0, int), np.zeros(0), self.mean)
-
-    def residual(self, fold: bool) -> float:
-        return min(self.var, self.resid) if fold else self.var
-
-
-def fit_cut(
-    ug: UnitGraph,
-    cs: CutStats,
-    targets: list[str],
-    kept: set[str],
-    *,
-    fold: bool = True,
-    max_coef: int = 6,
-    pool: int = 16,
-    ridge: float = 1e-3,
-    target: str = "o",
-) -> dict[str, Fit]:
-    """Constant and (optionally) fold of every target unit at cut `cs.cut`; predictors are the
-    kept units of the cut other than the target. target "o": fit toward the original network's
-    values (when the statistics hold them, see stats.collect), "p": toward the plan's."""
-    cut = ug.cuts[cs.cut]
-    first: dict[str, list[int]] = {}
-    for i, u in enumerate(cut.units):
-        first.setdefault(u, []).append(i)
-    mu = cs.mean  # predictors: the plan's values
-    var = cs.variance
-    tmu = cs.target_mean if target == "o" else mu  # targets: original values (when measured)
-    tvar = cs.target_variance if target == "o" else var
-    cov1 = cov2 = None
-    if fold:
-        cov1, cov2 = cs.covariance(1, "p", target), cs.covariance(2)
-    kept_idx = np.array([first[u][0] for u in first if u in kept and var[first[u][0]] > 0])
-    memo = cs.memo.setdefault(("fold", target), {})
-    fits = {}
-    for j in targets:
-        chans = first[j]
-        jj = chans[0]
-        fit = Fit(cs.cut, chans, tmu[jj].copy(), float(tvar[jj]))
-        if fold and len(kept_idx) and tvar[jj] > 0:
-            cand = kept_idx[kept_idx != jj]
-            _fold(fit, cand, cov1, cov2, mu, tmu, float(tvar[jj]), jj, max_coef, pool, ridge, memo)
-            fit.pred = [cut.units[i] for i in fit.pred_idx]
-        fits[j] = fit
-    return fits
-
-
-def _fold(fit, cand, cov1, cov2, mu, tmu, vj, jj, max_coef, pool, ridge, memo) -> None:
-    """Greedy forward selection by exact residual reduction over the most correlated pool.
-    cov1[k, j]: predictor k (plan) x target j (original); cov2: predictors; vj: target var.
-    `memo` (per set of moments and target kind): the selection depends only on (j, pool), and
-    the search refits the same folds many times (every candidate's users, every step)."""
-    if len(cand) == 0:
-        return
-    dk = np.clip(np.diag(cov2)[cand], 1e-30, None)
-    corr = np.abs(cov1[cand, jj]) / np.sqrt(dk * vj)
-    cand = cand[np.argsort(-corr, kind="stable")[:pool]]
-    key = (jj, cand.tobytes(), max_coef, ridge)
-    if key not in memo:
-        memo[key] = _forward(cov1, cov2, cand, jj, vj, max_coef, ridge)
-    chosen, coef, resid = memo[key]
-    if not chosen:
-        return
-    fit.pred_idx = np.array(chosen, dtype=int)
-    fit.coef = coef.copy()
-    fit.offset = tmu[jj] - coef @ mu[chosen]
-    fit.resid = resid
-
-
-def _forward(cov1, cov2, cand, jj, vj, max_coef, ridge) -> tuple[list[int], np.ndarray, float]:
-    """(chosen predictors, coefficients, residual) of the forward selection over `cand`."""
-    chosen: list[int] = []
-    best = (vj, np.zeros(0))
-    for _ in range(min(max_coef, len(cand))):
-        rest = np.array([k for k in cand if k not in chosen], dtype=int)
-        if not len(rest):
-            break
-        # every candidate set chosen + [k] solved in one batched call (Python loops cost more
-        # than the tiny solves themselves)
-        sets = np.concatenate([np.tile(chosen, (len(rest), 1)).astype(int), rest[:, None]], 1)
-        r, a = _ls_batch(cov1, cov2, sets, jj, vj, ridge)
-        i = int(np.argmin(r))  # first minimum: the candidate order breaks ties
-        if best[0] - r[i] <= 1e-6 * vj:
-            break
-        best = (float(r[i]), a[i])
-        chosen = sets[i].tolist()
-    return chosen, best[1], float(max(best[0], 0.0))
-
-
-def _ls_batch(cov1, cov2, sets, jj, vj, ridge) -> tuple[np.ndarray, np.ndarray]:
-    """Residual and coefficients of the ridge least squares for each row of `sets`."""
-    a_ss = cov2[sets[:, :, None], sets[:, None, :]]
-    c = cov1[sets, jj]
-    d = np.diagonal(a_ss, axis1=1, axis2=2)
-    reg = a_ss + ridge * (d[:, :, None] + 1e-30) * np.eye(sets.shape[1])
-    try:
-        a = np.linalg.solve(reg, c[..., None])[..., 0]
-    except np.linalg.LinAlgError:  # a singular set: solve them one by one
-        out = [_ls(cov1, cov2, list(row), jj, vj, ridge) for row in sets]
-        return np.array([o[0] for o in out]), np.stack([o[1] for o in out])
-    r = vj - 2 * np.einsum("ki,ki->k", a, c) + np.einsum("ki,kij,kj->k", a, a_ss, a)
-    return r, a
-
-
-def _ls(cov1, cov2, s, jj, vj, ridge) -> tuple[float, np.ndarray]:
-    a_ss = cov2[np.ix_(s, s)]
-    c = cov1[s, jj]
-    reg = a_ss + ridge * np.diag(np.diag(a_ss) + 1e-30)
-    try:
-        a = np.linalg.solve(reg, c)
-    except np.linalg.LinAlgError:
-        a = np.linalg.lstsq(reg, c, rcond=None)[0]
-    r = vj - 2 * a @ c + a @ a_ss @ a
-    return float(r), a
 
 
 @dataclass

@@ -39,9 +39,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scmopt.analysis.config import SearchConfig
 from scmopt.analysis.curvature import Prober
 from scmopt.analysis.curvature import coupling as curv_coupling
 from scmopt.analysis.measure import Evaluator, Metrics, Runner
+from scmopt.analysis.rules import budget_mode, keep_mode, meets_rule, polish_plan, shrink_folds
 from scmopt.analysis.scoring import CALIBRATED, CRITERIA, Fit, Scorer, Scores, apply, risks, select
 from scmopt.analysis.stats import collect
 from scmopt.errors import ScmoptError
@@ -49,12 +51,6 @@ from scmopt.plan import Plan
 from scmopt.units.analysis import UnitGraph
 
 Progress = Callable[[str, int, int], None]
-TOWARD_ORIGINAL = True  # fit replacements toward the original network's values (stats.collect)
-TRY_TARGETS = True  # keep mode: new removals fitted toward original / plan values, best held-out
-REFIT_ON_FAIL = True  # target rules: a prefix missing the target is refitted once, then halved
-SHRINK = (0.5, 0.0)  # fold/constant blends tried after the last refit (see _shrink)
-POLISH = 3  # max refits of every removed unit after the last round (each kept if held-out risk
-#            drops; stops at the first that does not)
 
 
 @dataclass
@@ -136,8 +132,12 @@ def _min_kept(ug: UnitGraph) -> int:
 class _Search:
     """State shared by the rounds (sessions, splits, plan, timings)."""
 
-    def __init__(self, ug, data, labels, criterion, fold, p, seed, batch_size, device, holdout,
-                 progress, curvature_samples, eps, probe_fraction, max_coef=6):  # fmt: skip
+    def __init__(self, ug, data, labels, cfg: SearchConfig, progress) -> None:
+        self.cfg = cfg
+        criterion, fold, p, seed = cfg.criterion, cfg.fold, cfg.p, cfg.seed
+        batch_size, device, holdout = cfg.batch_size, cfg.device, cfg.holdout
+        curvature_samples, eps, probe_fraction = cfg.curvature_samples, cfg.eps, cfg.probe_fraction
+        max_coef = cfg.max_coef
         self.ug = ug
         self.criterion = criterion
         self.fold = fold
@@ -188,7 +188,7 @@ class _Search:
     def analyse(self, round_: int, focus) -> Scores:
         """Statistics and scores of the candidates under the current plan."""
         t0 = time.perf_counter()
-        toward = TOWARD_ORIGINAL and self.rule == "keep" and self.step is None
+        toward = self.cfg.toward_original and self.rule == "keep" and self.step is None
         stats = collect(self.runner, self.fit, self.plan, p=self.p, seed=self.seed * 1000 + round_,
                         progress=self.progress, original=toward)  # fmt: skip
         self._add("stats", t0)
@@ -317,7 +317,7 @@ class _Search:
 
     def targets(self) -> bool:
         """The statistics hold the original's values, so both fit targets are available."""
-        return TRY_TARGETS and any(c.original for c in self.stats.cuts.values())
+        return self.cfg.try_targets and any(c.original for c in self.stats.cuts.values())
 
     def refitted(self, plan: Plan, stats_round: int, interventions: bool,
                  ) -> tuple[Plan, Metrics]:  # fmt: skip
@@ -337,7 +337,7 @@ class _Search:
         hold on the fit split: a search makes many accept/reject decisions on one small held-out
         split, and the plans it accepts at the threshold pass there by luck more often than on
         new data (mlp_digits at 0.99: held-out 0.990, fit split 0.977, new data 0.961)."""
-        if not _meets(self.rule, self.rule_value, m):
+        if not meets_rule(self.rule, self.rule_value, m):
             return False
         if self.rule != "min_fidelity":
             return True
@@ -373,30 +373,15 @@ def _substitute(plan: Plan, gone: set[str]) -> None:
 def search(
     ug: UnitGraph,
     data: dict[str, np.ndarray],
+    config: SearchConfig | None = None,
     *,
-    budget: float | None = None,
-    min_fidelity: float | None = None,
-    min_iia: float | None = None,
-    keep: float | None = None,
-    criterion: str = "curvature",
-    fold: bool = True,
-    p: float = 0.5,
-    seed: int = 0,
-    batch_size: int = 256,
-    device: str = "auto",
-    holdout: float = 0.25,
     progress: Progress | None = None,
     labels: np.ndarray | None = None,
-    rounds: int | None = None,
-    curvature_samples: int = 32,
-    eps: float = 0.05,
-    probe_fraction: float = 0.5,
-    max_probes: int = 256,
-    step: int | None = None,
-    max_coef: int = 6,
+    **options,
 ) -> SearchResult:
     """Finds a sparse abstraction of `ug.model` on `data` (input name -> array; an optional
-    'y' entry, or `labels`, gives labels for accuracy). See the module docstring.
+    'y' entry, or `labels`, gives labels for accuracy). See the module docstring; options are
+    the fields of SearchConfig (given as `config` or as keywords, not both).
 
     rounds: max rounds (default 4 for keep, 10 otherwise); step: units removed per round
     (keep mode; 1 with criterion='ablation' is the greedy brute-force baseline).
@@ -404,10 +389,11 @@ def search(
     layer screen ranks around the cut-off, `probe_fraction` of the candidates but at most
     `max_probes` (each costs 2 x curvature_samples passes below its cut: the dominant cost on
     networks with thousands of channels); the others keep the screen's rescaled estimate."""
+    if config is not None and options:
+        raise ScmoptError("give search options as a SearchConfig or as keywords, not both")
+    cfg = config if config is not None else SearchConfig(**options)
     with _blas_single_thread():
-        return _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, seed,
-                       batch_size, device, holdout, progress, labels, rounds, curvature_samples,
-                       eps, probe_fraction, step, max_coef, max_probes)  # fmt: skip
+        return _search(ug, data, cfg, progress, labels)
 
 
 def _blas_single_thread():
@@ -422,10 +408,11 @@ def _blas_single_thread():
     return threadpool_limits(1, user_api="blas")
 
 
-def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, seed, batch_size,
-            device, holdout, progress, labels, rounds, curvature_samples, eps, probe_fraction,
-            step, max_coef, max_probes) -> SearchResult:  # fmt: skip
+def _search(ug, data, cfg: SearchConfig, progress, labels) -> SearchResult:
     t_start = time.perf_counter()
+    budget, min_fidelity, min_iia, keep = cfg.budget, cfg.min_fidelity, cfg.min_iia, cfg.keep
+    criterion, fold, p, batch_size = cfg.criterion, cfg.fold, cfg.p, cfg.batch_size
+    holdout, rounds, step, max_probes = cfg.holdout, cfg.rounds, cfg.step, cfg.max_probes
     data = dict(data)
     if "y" in data and "y" not in {i.name for i in ug.model.graph.input}:
         y = data.pop("y")
@@ -446,8 +433,7 @@ def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, s
                 f"keep={keep} leaves {target} of {len(prunable)} prunable units, but every cut "
                 f"must keep one: keep at least {floor} ({floor / len(prunable):.3f})"
             )
-    s = _Search(ug, data, labels, criterion, fold, p, seed, batch_size, device, holdout,
-                progress, curvature_samples, eps, probe_fraction, max_coef)  # fmt: skip
+    s = _Search(ug, data, labels, cfg, progress)
     s.rule = rule
     s.step = step
     s.max_probes = max_probes
@@ -456,18 +442,18 @@ def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, s
     traj = [{"round": 0, "kept": len(prunable), "removed": 0, "predicted_risk": 0.0,
              "risk": 0.0, "fidelity": 1.0, "iia": 1.0, "accepted": True}]  # fmt: skip
     if rule == "keep":
-        _keep_mode(s, target, rounds or 4, step, traj)
+        keep_mode(s, target, rounds or 4, step, traj)
     else:
-        _budget_mode(s, rule, {"budget": budget, "min_fidelity": min_fidelity,
+        budget_mode(s, rule, {"budget": budget, "min_fidelity": min_fidelity,
                                "min_iia": min_iia}[rule], rounds or 10, traj)  # fmt: skip
     final = s.measure(s.plan)
-    for _ in range(POLISH):
+    for _ in range(cfg.polish):
         before = final
-        final = _polish(s, final, traj)
+        final = polish_plan(s, final, traj)
         if final is before:  # rejected: a further refit would start from the same plan
             break
-    if fold and SHRINK:
-        final = _shrink(s, final, traj)
+    if fold and cfg.shrink:
+        final = shrink_folds(s, final, traj)
     metrics = final.as_dict()
     kept = len(s.candidates())
     metrics.update(prunable=len(prunable), kept=kept,
@@ -475,199 +461,3 @@ def _search(ug, data, budget, min_fidelity, min_iia, keep, criterion, fold, p, s
                    **s.plan.counts())  # fmt: skip
     s.timing["total"] = time.perf_counter() - t_start
     return SearchResult(s.plan, traj, metrics, s.scores, s.timing)
-
-
-def _band(n_cut: int, fraction: float, cap: int) -> Callable[[dict[str, float]], list[str]]:
-    """Per-unit probes for the units ranked around position n_cut by the screen."""
-
-    def focus(pre: dict[str, float]) -> list[str]:
-        order = sorted(pre, key=lambda u: (pre[u], u))
-        w = min(max(4, int(math.ceil(fraction * len(order) / 2))), cap // 2)  # cap >= 4
-        return order[max(0, n_cut - w) : n_cut + w]
-
-    return focus
-
-
-def _record(s: _Search, traj: list[dict], r: int, plan: Plan, units: list[str], pred: float,
-            m: Metrics, prev: float, accepted: bool) -> None:  # fmt: skip
-    """One trajectory row; predicted risk = previous measured risk + the model's increase."""
-    traj.append({
-        "round": r, "kept": len(s.ug.prunable) - len(plan.removed),
-        "removed": len(units), "predicted_risk": prev + pred,
-        "risk": m.risk, "fidelity": m.fidelity, "iia": m.iia, "accepted": accepted,
-    })  # fmt: skip
-    _emit(s, traj)
-
-
-def _emit(s: _Search, traj: list[dict]) -> None:
-    """Hands the newest trajectory row to `progress.record(row)` when the progress callback
-    has that method (optional: a plain progress(stage, done, total) function still works)."""
-    record = getattr(s.progress, "record", None)
-    if record is not None:
-        record(dict(traj[-1]))
-
-
-def _keep_mode(s: _Search, target: int, rounds: int, step: int | None, traj: list[dict]) -> None:
-    prev = 0.0
-    r = 0
-    while True:
-        left = len(s.candidates()) - target
-        if left <= 0:
-            break
-        r += 1
-        last = r >= rounds and step is None
-        n = left if last else (min(step, left) if step else int(math.ceil(left / 2)))
-        if s.progress:
-            s.progress("round", r, rounds if step is None else r + left // max(step, 1))
-        sc = s.analyse(r, _band(n, s.probe_fraction, s.max_probes))
-        units, plan, pred = s.choose(sc, count=n)
-        if not units:
-            raise ScmoptError("no unit can be removed without emptying a cut")
-        m = None
-        if step is None and s.targets():  # toward the original's or the plan's values
-            m = s.measure(plan)
-            alt_units, alt, alt_pred = s.choose(s.retarget(sc, "p"), count=n, target="p")
-            if alt_units:
-                m_alt = s.measure(alt)
-                if m_alt.risk < m.risk:
-                    units, plan, pred, m = alt_units, alt, alt_pred, m_alt
-        s.plan = plan
-        if step is None or len(s.candidates()) == target:
-            m = m or s.measure(s.plan)
-            _record(s, traj, r, s.plan, units, pred, m, prev, True)
-            prev = m.risk
-    if s.progress:
-        s.progress("round", r, r)
-
-
-def _polish(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
-    """The last round's removals were fitted before their upstream neighbours went: refit every
-    removed unit under the final plan's statistics; kept only if the held-out risk drops (and,
-    for target rules, the target still holds)."""
-    if not s.plan.removed or cur.risk is None:
-        return cur
-    plan, m = s.refitted(s.plan, len(traj) + 100, interventions=True)
-    better = m.risk is not None and m.risk < cur.risk
-    if better and s.rule in ("min_fidelity", "min_iia"):
-        better = s.meets(plan, m)
-    traj.append({"round": traj[-1]["round"] + 1, "refit": True,
-                 "kept": len(s.ug.prunable) - len(plan.removed), "removed": 0,
-                 "predicted_risk": None, "risk": m.risk, "fidelity": m.fidelity,
-                 "iia": m.iia, "accepted": better})  # fmt: skip
-    _emit(s, traj)
-    if better:
-        s.plan = plan
-        return m
-    return cur
-
-
-def _shrink(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
-    """Folds extrapolate: when most of a layer is gone, the units they follow are far from the
-    original's, and a constant can be the safer replacement. Each fold is blended with its
-    unit's constant, r = lam * fold + (1 - lam) * constant, for lam in SHRINK; the blend with
-    the lowest held-out risk is kept if it beats the current plan (and still meets a target)."""
-    folded = [u for u, a in s.plan.actions.items() if a.kind == "folded"]
-    if not folded or cur.risk is None:
-        return cur
-    s.analyse_stats(len(traj) + 200)
-    consts = s.refit_removed(fold=False)
-    best, best_m = None, cur
-    for lam in SHRINK:
-        plan = copy.deepcopy(s.plan)
-        for u in folded:
-            for t, rep in plan.actions[u].at.items():
-                c = consts.actions[u].at[t].offset
-                rep.offset = np.asarray(lam * rep.offset + (1 - lam) * c, dtype=np.float64)
-                rep.coef = {k: lam * a for k, a in rep.coef.items()} if lam > 0 else {}
-            if lam == 0:
-                plan.actions[u].kind = "constant"
-        m = s.measure(plan)
-        ok = m.risk is not None and m.risk < best_m.risk
-        if ok and s.rule in ("min_fidelity", "min_iia"):
-            ok = s.meets(plan, m)
-        traj.append({"round": traj[-1]["round"] + 1, "refit": True, "shrink": lam,
-                     "kept": len(s.ug.prunable) - len(plan.removed), "removed": 0,
-                     "predicted_risk": None, "risk": m.risk, "fidelity": m.fidelity,
-                     "iia": m.iia, "accepted": ok})  # fmt: skip
-        _emit(s, traj)
-        if ok:
-            best, best_m = plan, m
-    if best is not None:
-        s.plan = best
-    return best_m
-
-
-def _meets(rule: str, value: float, m: Metrics) -> bool:
-    if rule == "budget":
-        return m.risk <= value
-    if rule == "min_fidelity":
-        return m.fidelity >= value
-    return m.iia >= value
-
-
-def _budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[dict]) -> None:
-    calibrated = rule == "budget" and s.criterion in CALIBRATED
-    cal = 1.0
-    cur = 0.0  # measured risk of the current plan
-    step = None
-    for r in range(1, rounds + 1):
-        cands = s.candidates()
-        if not cands:
-            break
-        if s.progress:
-            s.progress("round", r, rounds)
-
-        def size(pre: dict[str, float], cal=cal, cur=cur, step=step) -> int:
-            if calibrated:
-                vals = np.cumsum([pre[u] for u in sorted(pre, key=lambda u: (pre[u], u))]) * cal
-                return max(1, int(np.searchsorted(vals, 0.5 * (value - cur), side="right")))
-            return step or int(math.ceil(len(pre) / 2))
-
-        holder: dict[str, int] = {}
-
-        def focus(pre: dict[str, float], holder=holder, size=size) -> list[str]:
-            holder["n"] = size(pre)
-            return _band(holder["n"], s.probe_fraction, s.max_probes)(pre)
-
-        sc = s.analyse(r, focus)
-        n = size(sc.risk if calibrated else sc.rank)
-        accepted = False
-        trace: list[float] = []
-        if calibrated:  # the joint model's own budget: half of what is left
-            units, plan, pred = s.choose(sc, budget=0.5 * (value - cur) / cal, trace=trace,
-                                         target="p")  # fmt: skip
-            if not units:
-                units, plan, pred = s.choose(sc, count=1, trace=trace, target="p")
-        else:
-            units, plan, pred = s.choose(sc, count=n, trace=trace, target="p")
-        while units:
-            m = s.measure(plan, interventions=rule != "min_fidelity")
-            ok = s.meets(plan, m)
-            if not ok and REFIT_ON_FAIL:
-                # the prefix's fits predate each other's removal: refit every removed unit
-                # under this plan's statistics before giving the prefix up
-                refit, m_refit = s.refitted(plan, r + 500, interventions=rule != "min_fidelity")
-                if s.meets(refit, m_refit):
-                    plan, m, ok = refit, m_refit, True
-            _record(s, traj, r, plan, units, pred, m, cur, ok)
-            if ok:
-                if calibrated and pred > 0 and m.risk is not None:
-                    cal = float(np.clip((m.risk - cur) / pred, 0.1, 10.0))
-                cur = m.risk if m.risk is not None else cur
-                s.plan = plan
-                step = len(units)
-                accepted = True
-                break
-            units = units[: len(units) // 2]  # the greedy order's prefix, refitted
-            pred = trace[len(units) - 1] if units and trace else float("nan")
-            plan = s.extend(sc, units, "p") if units else plan
-        if not accepted:
-            break
-
-
-def greedy_search(
-    ug: UnitGraph, data: dict[str, np.ndarray], *, keep: float, **kwargs
-) -> SearchResult:
-    """Greedy brute force: re-measure every candidate (exact ablation) after every removal.
-    Cost ~ units^2/2 x data passes of the part below each cut: small models only."""
-    return search(ug, data, keep=keep, criterion="ablation", step=1, **kwargs)

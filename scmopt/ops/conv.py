@@ -16,14 +16,32 @@ import onnx_graphsurgeon as gs
 
 from scmopt.ops.edit import add_after, bias_values, replace_constant, set_bias
 from scmopt.ops.elementwise import const_value
+from scmopt.ops.macs import conv_macs, conv_transpose_macs
 from scmopt.ops.mixing import Rows, mix
 from scmopt.ops.registry import Handler, register
 from scmopt.units.layout import Layout
 
 
+@register("ConvTranspose")
+class ConvTranspose(Handler):
+    counts_macs = True
+
+    def propagate(self, node, ctx):
+        if all(ctx.lay(t) is None for t in node.inputs):
+            return None
+        return "transposed convolutions are not sliced yet"
+
+    def macs(self, node, shapes):
+        return conv_transpose_macs(node, shapes)
+
+
 @register("Conv")
 class Conv(Handler):
     linear = True
+    counts_macs = True
+
+    def macs(self, node, shapes):
+        return conv_macs(node, shapes)
 
     def propagate(self, node, ctx):
         x, w = node.inputs[0], node.inputs[1]

@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto
 
 from scmopt.io.shapes import resolve_shapes
-from scmopt.ops.macs import MACS
+from scmopt.ops.registry import lookup
 
 __all__ = ["Cost", "count_params", "count_flops", "linear_macs", "model_cost"]
 
@@ -102,7 +102,8 @@ def count_params(model: onnx.ModelProto) -> int:
 
 
 def _linear_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.op_type in MACS and n.domain in _DEFAULT_DOMAINS]
+    return [n for n in model.graph.node
+            if (h := lookup(n.domain, n.op_type)) is not None and h.counts_macs]  # fmt: skip
 
 
 def model_cost(
@@ -122,7 +123,8 @@ def model_cost(
     shapes = resolve_shapes(model, sample, names=wanted, device=device) if nodes else None
     macs: dict[str, int | None] = {}
     for node in nodes:
-        macs[node.name or node.output[0]] = MACS[node.op_type](node, shapes.dims)
+        handler = lookup(node.domain, node.op_type)
+        macs[node.name or node.output[0]] = handler.macs(node, shapes.dims)
     unknown = [k for k, v in macs.items() if v is None]
     return Cost(
         flops=2 * sum(v for v in macs.values() if v is not None),

@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 
 from scmopt.ops.edit import add_after, replace_constant, set_bias
 from scmopt.ops.elementwise import const_value, rank
+from scmopt.ops.macs import gemm_macs, matmul_macs
 from scmopt.ops.mixing import Rows, mix
 from scmopt.ops.registry import Handler, register
 from scmopt.units.layout import Layout
@@ -27,6 +28,7 @@ def _weight(node: gs.Node) -> np.ndarray:
 
 class Dense(Handler):
     linear = True
+    counts_macs = True
 
     def slice(self, node, keep):
         out = node.outputs[0].name
@@ -77,6 +79,9 @@ class Dense(Handler):
 
 @register("Gemm")
 class Gemm(Dense):
+    def macs(self, node, shapes):
+        return gemm_macs(node, shapes)
+
     def propagate(self, node, ctx):
         a, b = node.inputs[0], node.inputs[1]
         bv = const_value(b)
@@ -99,6 +104,9 @@ class Gemm(Dense):
 
 @register("MatMul")
 class MatMul(Dense):
+    def macs(self, node, shapes):
+        return matmul_macs(node, shapes)
+
     def propagate(self, node, ctx):
         a, b = node.inputs
         bv = const_value(b)

@@ -71,9 +71,10 @@ class Softmax(Handler):
         r = rank(node.inputs[0])
         if r is None:
             return "unknown rank"
-        axis = int(node.attrs.get("axis", -1))
+        coerced = ctx.graph.opset < 13  # before opset 13: over axes axis..r-1, default 1
+        axis = int(node.attrs.get("axis", 1 if coerced else -1))
         axis = axis + r if axis < 0 else axis
-        if axis == lay.axis or axis == 0:
+        if axis == 0 or (lay.axis >= axis if coerced else axis == lay.axis):
             return "normalises over the channel axis (softmax is not linear)"
         ctx.set(node.outputs[0], lay)
         return None

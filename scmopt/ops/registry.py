@@ -25,6 +25,7 @@ class Handler:
     """Base handler: an op that reads no labelled tensor in a way we understand."""
 
     linear = False  # reads cuts (Conv, Gemm, MatMul with constant weights)
+    counts_macs = False  # the cost model counts this op's multiply-accumulates
 
     def propagate(self, node: gs.Node, ctx: Any) -> str | None:
         """Labels the node's outputs from its inputs' layouts; returns a refusal or None."""
@@ -43,7 +44,8 @@ class Handler:
         raise NotImplementedError(f"{node.op} is not a linear consumer")
 
     def macs(self, node, shapes: dict) -> int | None:
-        """Multiply-accumulates for one sample (0 for ops the cost model does not count)."""
+        """Multiply-accumulates of one sample for an onnx NodeProto and tensor shapes (None:
+        unknown; 0 for ops the cost model does not count). Formulas live in ops/macs.py."""
         return 0
 
 

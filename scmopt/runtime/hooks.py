@@ -2,12 +2,12 @@
 
 A hook on cut T (channels C, P values per channel) computes, in order,
 
-    X  = reshape(T, [N, C, P])
+    X  = T as [N, C, P]                 (units.layout: channel axis to 1, features channel-major)
     X  = X + mask * (X[src] - X)         interchange: take units from sample src of the batch
     X  = M @ X + B                       plan: replace removed units (const or input-driven)
     X  = X + delta                       finite-difference perturbation
     capture X                            as output "T::value"
-    T' = reshape(X, shape(T))            every reader of T (incl. graph outputs) reads T'
+    T' = X back in T's layout           every reader of T (incl. graph outputs) reads T'
 
 so a single onnxruntime session captures activations, applies a plan, patches units between
 samples and perturbs them. Patching comes before the plan because in the abstraction a folded
@@ -28,7 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 from scmopt.errors import ScmoptError
 from scmopt.io.graph import infer_shapes
 from scmopt.plan import Plan
-from scmopt.units.analysis import UnitGraph
+from scmopt.units.analysis import Cut, UnitGraph
+from scmopt.units.layout import Layout
 
 
 @dataclass
@@ -56,11 +57,13 @@ def hook(
     plan: Plan | None = None,
     model: onnx.ModelProto | None = None,
     channels: dict[str, int] | None = None,
+    kept: dict[str, np.ndarray] | None = None,
 ) -> Hooked:
     """Returns `model` (default: the unit graph's canonical model) with hooks on `specs`' cuts.
 
-    `channels` overrides the channel count of cuts, for hooking a compiled model whose cuts
-    lost their removed units (its cut tensors keep their names).
+    For hooking a compiled model whose cuts lost their removed units (its cut tensors keep
+    their names): `kept` gives each cut's kept channel indices; `channels` only a count, which
+    is enough for channel-major layouts.
     """
     model = copy.deepcopy(ug.model if model is None else model)
     g = model.graph
@@ -75,7 +78,8 @@ def hook(
         node = g.node[pos]
         orig = f"{t}::orig"
         node.output[list(node.output).index(t)] = orig
-        c = channels[t] if channels and t in channels else cut.channels
+        lay = _compiled_layout(cut, channels, kept)
+        c = lay.channels
         p_dim = f"P_{len(result.inputs)}"
         names = result.inputs.setdefault(t, {})
         nodes: list[onnx.NodeProto] = []
@@ -84,9 +88,8 @@ def hook(
             nodes.append(helper.make_node(op, ins, [out], name=f"{t}::{out}", **attrs))  # noqa: B023
             return out
 
-        shape3 = f"{t}::shape3"
-        g.initializer.append(numpy_helper.from_array(np.array([0, c, -1], np.int64), shape3))
-        x = step("Reshape", [orig, shape3], f"{t}::x3")
+        rank = cut.rank or lay.axis + 1
+        x = lay.onnx_to_ncp(orig, rank, t, step, g.initializer)
         if spec.patch:
             mask, src = f"{t}::mask", f"{t}::src"
             g.input.append(helper.make_tensor_value_info(mask, TensorProto.FLOAT, ["N", c, 1]))
@@ -119,8 +122,7 @@ def hook(
             out = step("Identity", [x], f"{t}::value")
             g.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
             result.outputs[t] = out
-        shp = step("Shape", [orig], f"{t}::shape")
-        step("Reshape", [x, shp], t)
+        lay.onnx_from_ncp(x, orig, rank, t, t, step, g.initializer)
         inserts[pos] = inserts.get(pos, []) + nodes
     ordered = []
     for i, n in enumerate(list(g.node)):
@@ -130,6 +132,21 @@ def hook(
     g.node.extend(ordered)
     del g.value_info[:]
     return result
+
+
+def _compiled_layout(cut: Cut, channels: dict[str, int] | None,
+                     kept: dict[str, np.ndarray] | None) -> Layout:  # fmt: skip
+    """The cut's layout in the model being hooked (the original, or a compiled one)."""
+    lay = cut.layout
+    if kept is not None and cut.tensor in kept:
+        mask = np.zeros(lay.channels, dtype=bool)
+        mask[np.asarray(kept[cut.tensor], dtype=np.int64)] = True
+        return lay.kept(mask)
+    if channels is not None and channels.get(cut.tensor, lay.channels) != lay.channels:
+        if not lay.major:
+            raise ScmoptError(f"cut {cut.tensor!r}: a re-ordered layout needs its kept channels")
+        return Layout.simple(list(lay.labels)[: channels[cut.tensor]], lay.axis, lay.block)
+    return lay
 
 
 def simulate(ug: UnitGraph, plan: Plan) -> onnx.ModelProto:

@@ -1,0 +1,40 @@
+"""The search's options as one frozen value, built once (scmopt.api) and read everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Stopping rule (exactly one of budget, min_fidelity, min_iia, keep), criterion and the
+    knobs of DESIGN §2's search. The tactics at the end are the search's own choices, kept as
+    fields so experiments can switch them without module-level toggles:
+    toward_original: keep mode fits replacements toward the original network's values;
+    try_targets: keep mode also tries fits toward the current plan's values, best held-out;
+    refit_on_fail: a target rule refits a failing prefix once before halving it;
+    shrink: fold/constant blends tried after the last refit; polish: max final refits."""
+
+    budget: float | None = None
+    min_fidelity: float | None = None
+    min_iia: float | None = None
+    keep: float | None = None
+    criterion: str = "curvature"
+    fold: bool = True
+    p: float = 0.5
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "auto"
+    holdout: float = 0.25
+    rounds: int | None = None
+    curvature_samples: int = 32
+    eps: float = 0.05
+    probe_fraction: float = 0.5
+    max_probes: int = 256
+    step: int | None = None
+    max_coef: int = 6
+    toward_original: bool = True
+    try_targets: bool = True
+    refit_on_fail: bool = True
+    shrink: tuple[float, ...] = (0.5, 0.0)
+    polish: int = 3

@@ -1,0 +1,209 @@
+"""The stopping rules' loops over a running search (scmopt.analysis.search._Search): a fixed
+keep count reached in halving rounds, budget/fidelity/IIA targets with refit-on-fail and
+halving, and the final polish (refits) and fold/constant blends, each kept only when the
+held-out risk drops."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from scmopt.analysis.measure import Metrics
+from scmopt.analysis.scoring import CALIBRATED
+from scmopt.errors import ScmoptError
+from scmopt.plan import Plan
+
+if TYPE_CHECKING:
+    from scmopt.analysis.search import _Search
+
+
+def probe_band(n_cut: int, fraction: float, cap: int) -> Callable[[dict[str, float]], list[str]]:
+    """Per-unit probes for the units ranked around position n_cut by the screen."""
+
+    def focus(pre: dict[str, float]) -> list[str]:
+        order = sorted(pre, key=lambda u: (pre[u], u))
+        w = min(max(4, int(math.ceil(fraction * len(order) / 2))), cap // 2)  # cap >= 4
+        return order[max(0, n_cut - w) : n_cut + w]
+
+    return focus
+
+
+def record_round(s: _Search, traj: list[dict], r: int, plan: Plan, units: list[str], pred: float,
+            m: Metrics, prev: float, accepted: bool) -> None:  # fmt: skip
+    """One trajectory row; predicted risk = previous measured risk + the model's increase."""
+    traj.append({
+        "round": r, "kept": len(s.ug.prunable) - len(plan.removed),
+        "removed": len(units), "predicted_risk": prev + pred,
+        "risk": m.risk, "fidelity": m.fidelity, "iia": m.iia, "accepted": accepted,
+    })  # fmt: skip
+    emit_row(s, traj)
+
+
+def emit_row(s: _Search, traj: list[dict]) -> None:
+    """Hands the newest trajectory row to `progress.record(row)` when the progress callback
+    has that method (optional: a plain progress(stage, done, total) function still works)."""
+    record = getattr(s.progress, "record", None)
+    if record is not None:
+        record(dict(traj[-1]))
+
+
+def keep_mode(s: _Search, target: int, rounds: int, step: int | None, traj: list[dict]) -> None:
+    prev = 0.0
+    r = 0
+    while True:
+        left = len(s.candidates()) - target
+        if left <= 0:
+            break
+        r += 1
+        last = r >= rounds and step is None
+        n = left if last else (min(step, left) if step else int(math.ceil(left / 2)))
+        if s.progress:
+            s.progress("round", r, rounds if step is None else r + left // max(step, 1))
+        sc = s.analyse(r, probe_band(n, s.probe_fraction, s.max_probes))
+        units, plan, pred = s.choose(sc, count=n)
+        if not units:
+            raise ScmoptError("no unit can be removed without emptying a cut")
+        m = None
+        if step is None and s.targets():  # toward the original's or the plan's values
+            m = s.measure(plan)
+            alt_units, alt, alt_pred = s.choose(s.retarget(sc, "p"), count=n, target="p")
+            if alt_units:
+                m_alt = s.measure(alt)
+                if m_alt.risk < m.risk:
+                    units, plan, pred, m = alt_units, alt, alt_pred, m_alt
+        s.plan = plan
+        if step is None or len(s.candidates()) == target:
+            m = m or s.measure(s.plan)
+            record_round(s, traj, r, s.plan, units, pred, m, prev, True)
+            prev = m.risk
+    if s.progress:
+        s.progress("round", r, r)
+
+
+def polish_plan(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
+    """The last round's removals were fitted before their upstream neighbours went: refit every
+    removed unit under the final plan's statistics; kept only if the held-out risk drops (and,
+    for target rules, the target still holds)."""
+    if not s.plan.removed or cur.risk is None:
+        return cur
+    plan, m = s.refitted(s.plan, len(traj) + 100, interventions=True)
+    better = m.risk is not None and m.risk < cur.risk
+    if better and s.rule in ("min_fidelity", "min_iia"):
+        better = s.meets(plan, m)
+    traj.append({"round": traj[-1]["round"] + 1, "refit": True,
+                 "kept": len(s.ug.prunable) - len(plan.removed), "removed": 0,
+                 "predicted_risk": None, "risk": m.risk, "fidelity": m.fidelity,
+                 "iia": m.iia, "accepted": better})  # fmt: skip
+    emit_row(s, traj)
+    if better:
+        s.plan = plan
+        return m
+    return cur
+
+
+def shrink_folds(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
+    """Folds extrapolate: when most of a layer is gone, the units they follow are far from the
+    original's, and a constant can be the safer replacement. Each fold is blended with its
+    unit's constant, r = lam * fold + (1 - lam) * constant, for lam in SHRINK; the blend with
+    the lowest held-out risk is kept if it beats the current plan (and still meets a target)."""
+    folded = [u for u, a in s.plan.actions.items() if a.kind == "folded"]
+    if not folded or cur.risk is None:
+        return cur
+    s.analyse_stats(len(traj) + 200)
+    consts = s.refit_removed(fold=False)
+    best, best_m = None, cur
+    for lam in s.cfg.shrink:
+        plan = copy.deepcopy(s.plan)
+        for u in folded:
+            for t, rep in plan.actions[u].at.items():
+                c = consts.actions[u].at[t].offset
+                rep.offset = np.asarray(lam * rep.offset + (1 - lam) * c, dtype=np.float64)
+                rep.coef = {k: lam * a for k, a in rep.coef.items()} if lam > 0 else {}
+            if lam == 0:
+                plan.actions[u].kind = "constant"
+        m = s.measure(plan)
+        ok = m.risk is not None and m.risk < best_m.risk
+        if ok and s.rule in ("min_fidelity", "min_iia"):
+            ok = s.meets(plan, m)
+        traj.append({"round": traj[-1]["round"] + 1, "refit": True, "shrink": lam,
+                     "kept": len(s.ug.prunable) - len(plan.removed), "removed": 0,
+                     "predicted_risk": None, "risk": m.risk, "fidelity": m.fidelity,
+                     "iia": m.iia, "accepted": ok})  # fmt: skip
+        emit_row(s, traj)
+        if ok:
+            best, best_m = plan, m
+    if best is not None:
+        s.plan = best
+    return best_m
+
+
+def meets_rule(rule: str, value: float, m: Metrics) -> bool:
+    if rule == "budget":
+        return m.risk <= value
+    if rule == "min_fidelity":
+        return m.fidelity >= value
+    return m.iia >= value
+
+
+def budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[dict]) -> None:
+    calibrated = rule == "budget" and s.criterion in CALIBRATED
+    cal = 1.0
+    cur = 0.0  # measured risk of the current plan
+    step = None
+    for r in range(1, rounds + 1):
+        cands = s.candidates()
+        if not cands:
+            break
+        if s.progress:
+            s.progress("round", r, rounds)
+
+        def size(pre: dict[str, float], cal=cal, cur=cur, step=step) -> int:
+            if calibrated:
+                vals = np.cumsum([pre[u] for u in sorted(pre, key=lambda u: (pre[u], u))]) * cal
+                return max(1, int(np.searchsorted(vals, 0.5 * (value - cur), side="right")))
+            return step or int(math.ceil(len(pre) / 2))
+
+        holder: dict[str, int] = {}
+
+        def focus(pre: dict[str, float], holder=holder, size=size) -> list[str]:
+            holder["n"] = size(pre)
+            return probe_band(holder["n"], s.probe_fraction, s.max_probes)(pre)
+
+        sc = s.analyse(r, focus)
+        n = size(sc.risk if calibrated else sc.rank)
+        accepted = False
+        trace: list[float] = []
+        if calibrated:  # the joint model's own budget: half of what is left
+            units, plan, pred = s.choose(sc, budget=0.5 * (value - cur) / cal, trace=trace,
+                                         target="p")  # fmt: skip
+            if not units:
+                units, plan, pred = s.choose(sc, count=1, trace=trace, target="p")
+        else:
+            units, plan, pred = s.choose(sc, count=n, trace=trace, target="p")
+        while units:
+            m = s.measure(plan, interventions=rule != "min_fidelity")
+            ok = s.meets(plan, m)
+            if not ok and s.cfg.refit_on_fail:
+                # the prefix's fits predate each other's removal: refit every removed unit
+                # under this plan's statistics before giving the prefix up
+                refit, m_refit = s.refitted(plan, r + 500, interventions=rule != "min_fidelity")
+                if s.meets(refit, m_refit):
+                    plan, m, ok = refit, m_refit, True
+            record_round(s, traj, r, plan, units, pred, m, cur, ok)
+            if ok:
+                if calibrated and pred > 0 and m.risk is not None:
+                    cal = float(np.clip((m.risk - cur) / pred, 0.1, 10.0))
+                cur = m.risk if m.risk is not None else cur
+                s.plan = plan
+                step = len(units)
+                accepted = True
+                break
+            units = units[: len(units) // 2]  # the greedy order's prefix, refitted
+            pred = trace[len(units) - 1] if units and trace else float("nan")
+            plan = s.extend(sc, units, "p") if units else plan
+        if not accepted:
+            break
