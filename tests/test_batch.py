@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 from helpers import outputs, relative_error
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from plans import random_plan
 from test_curvature import inputs, relu_model
 
@@ -294,14 +293,6 @@ def test_inspect_exits_0(tmp_path, make):
     assert "FLOPs/sample" in res.output and "unknown" not in res.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OrtFail,
-    reason="curvature.Prober tiles every external of a cut's downstream subgraph along axis 0, "
-    "also a Reshape target computed outside it: [B, -1] becomes [B, -1, B, -1] ('At most one "
-    "dimension can be -1'); the fix belongs in curvature._downstream (compute such tensors "
-    "inside the subgraph)",
-)
 def test_reshape_target_from_the_input_shape_in_the_probes():
     """A dynamic-batch model whose Reshape target is Shape(x)[0] of the graph input (`b =
     x.size(0)` at the top of forward): the same failure as the EfficientNet report."""

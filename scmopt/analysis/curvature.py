@@ -252,6 +252,7 @@ def _downstream(
             if i not in chosen:
                 chosen.add(i)
                 stack.extend(g.node[i].output)
+    _pull_shape_chains(g, chosen, types)
     nodes = [g.node[i] for i in sorted(chosen)]
     produced = {o for n in nodes for o in n.output}
     inits = {i.name: i for i in g.initializer}
@@ -277,6 +278,22 @@ def _downstream(
     sub = helper.make_model(graph, opset_imports=list(model.opset_import))
     sub.ir_version = model.ir_version
     return sub, externals
+
+
+def _pull_shape_chains(g: onnx.GraphProto, chosen: set[int], types: dict[str, int]) -> None:
+    """Adds to `chosen` the nodes computing integer tensors (shapes, indices) the chosen nodes
+    read: fed from outside they would be tiled along axis 0 with the probe batch ([B, -1] ->
+    [B, -1, B, -1]); computed inside they follow it. Their float inputs stay external."""
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+    ints = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+    stack = [name for i in chosen for name in g.node[i].input]
+    while stack:
+        name = stack.pop()
+        i = producer.get(name)
+        if i is None or i in chosen or types.get(name) not in ints:
+            continue
+        chosen.add(i)
+        stack.extend(g.node[i].input)
 
 
 # estimators --------------------------------------------------------------------------------
