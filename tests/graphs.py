@@ -22,7 +22,7 @@ F = TensorProto.FLOAT
 __all__ = [
     "BUILDERS", "channels_last_head", "nhwc_conv_stack", "constant_weights", "unknown_shapes",
     "custom_domain_op", "with_if", "with_loop", "fixed_batch_reshape",
-    "fixed_batch_shape_chain", "transformer_ffn", "sample",
+    "fixed_batch_shape_chain", "transformer_ffn", "attention_block", "sample",
 ]  # fmt: skip
 
 
@@ -357,6 +357,74 @@ def transformer_ffn(seed: int = 0) -> onnx.ModelProto:
                    "pytorch")  # fmt: skip
 
 
+def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str = 5,
+                    heads: int = 4) -> onnx.ModelProto:  # fmt: skip
+    """A BERT-style encoder layer as the TorchScript exporter writes it (opset 17).
+
+    x[B,T,16] -> MatMul + Add (embedding projection) -> LayerNormalization -> q, k, v =
+    MatMul + Add -> head split Reshape [0, 0, H, Dh] (a constant, or with `runtime_targets`
+    Shape -> Gather -> Unsqueeze -> Concat with constant H, Dh) -> Transpose [0,2,1,3] (K:
+    [0,2,3,1]) -> MatMul(q, k^T) -> Div(sqrt Dh) -> Add(mask[B,1,1,T]) -> Softmax -> MatMul(v)
+    -> Transpose [0,2,1,3] -> Reshape [0, 0, 16] -> MatMul(Wo) + bo -> residual Add -> FFN
+    (erf GELU) -> residual Add -> LayerNormalization -> ReduceMean over T -> Gemm (4 classes).
+    """
+    d, h = 16, heads
+    dh = d // h
+    n = _Net(seed)
+    e = n.op("MatMul", ["x", n.weight("emb.weight", (d, d), d, 1.0)], "emb")
+    e = n.op("Add", [n.bias("emb.bias", d), e], "emb_bias")  # bias as the first operand
+
+    def ln(x: str, name: str) -> str:
+        scale = n.tensor(f"{name}.weight", n.rng.uniform(0.5, 1.5, d).astype(np.float32))
+        return n.op("LayerNormalization", [x, scale, n.bias(f"{name}.bias", d)], name,
+                    axis=-1, epsilon=1e-5)  # fmt: skip
+
+    def target(name: str, tail: list[int], src: str) -> str:
+        if not runtime_targets:
+            return n.ints(f"{name}.shape", [0, 0, *tail])
+        shp = n.op("Shape", [src], f"{name}.shape_of")
+        parts = []
+        for i in (0, 1):
+            g = n.op("Gather", [shp, n.ints(f"{name}.i{i}", [i])], f"{name}.dim{i}", axis=0)
+            parts.append(g)
+        parts.append(n.ints(f"{name}.tail", tail))
+        return n.op("Concat", parts, f"{name}.target", axis=0)
+
+    a = ln(e, "ln1")
+    heads_ = {}
+    for w in ("q", "k", "v"):
+        y = n.op("MatMul", [a, n.weight(f"{w}.weight", (d, d), d, 1.0)], f"{w}_proj")
+        y = n.op("Add", [y, n.bias(f"{w}.bias", d)], f"{w}_bias")
+        y = n.op("Reshape", [y, target(f"{w}_split", [h, dh], y)], f"{w}_heads")
+        perm = [0, 2, 3, 1] if w == "k" else [0, 2, 1, 3]
+        heads_[w] = n.op("Transpose", [y], f"{w}_t", perm=perm)
+    s = n.op("MatMul", [heads_["q"], heads_["k"]], "scores")
+    s = n.op("Div", [s, n.scalar("scale", np.sqrt(dh))], "scaled")
+    s = n.op("Add", [s, "mask"], "masked")
+    s = n.op("Softmax", [s], "probs", axis=-1)
+    c = n.op("MatMul", [s, heads_["v"]], "context")
+    c = n.op("Transpose", [c], "context_t", perm=[0, 2, 1, 3])
+    c = n.op("Reshape", [c, target("merge", [d], c)], "merged")
+    o = n.op("MatMul", [c, n.weight("out.weight", (d, d), d, 1.0)], "out_proj")
+    o = n.op("Add", [o, n.bias("out.bias", d)], "out_bias")
+    r = n.op("Add", [e, o], "residual1")
+    f = n.op("MatMul", [ln(r, "ln2"), n.weight("ffn.in.weight", (d, 32), d, 1.0)], "ffn_in")
+    f = n.op("Add", [f, n.bias("ffn.in.bias", 32)], "ffn_in_bias")
+    g = n.op("Div", [f, n.scalar("sqrt2", np.sqrt(2.0))], "gelu_div")
+    g = n.op("Erf", [g], "gelu_erf")
+    g = n.op("Add", [g, n.scalar("one", 1.0)], "gelu_add")
+    g = n.op("Mul", [f, g], "gelu_mul")
+    g = n.op("Mul", [g, n.scalar("half", 0.5)], "gelu")
+    f = n.op("MatMul", [g, n.weight("ffn.out.weight", (32, d), 32, 1.0)], "ffn_out")
+    f = n.op("Add", [f, n.bias("ffn.out.bias", d)], "ffn_out_bias")
+    r = n.op("Add", [r, f], "residual2")
+    p = n.op("ReduceMean", [ln(r, "ln3")], "pool", axes=[1], keepdims=0)
+    n.op("Gemm", [p, n.weight("head.weight", (4, d), d, 1.0), n.bias("head.bias", 4)],
+         "head", out="y", transB=1)  # fmt: skip
+    inputs = [_io("x", ["B", seq, d]), _io("mask", ["B", 1, 1, seq])]
+    return n.model(inputs, [_io("y", ["B", 4])], "attention_block", "pytorch")
+
+
 BUILDERS = {
     f.__name__: f
     for f in (
@@ -370,6 +438,7 @@ BUILDERS = {
         fixed_batch_reshape,
         fixed_batch_shape_chain,
         transformer_ffn,
+        attention_block,
     )  # fmt: skip
 }
 

@@ -65,6 +65,9 @@ def main() -> None:
 
 main.add_command(compress)
 
+KIND_NAMES = {"channel": "conv channels", "neuron": "dense neurons",
+              "token": "token features (FFN neurons, hidden channels)", "head": "attention heads"}
+
 
 @main.command()
 @click.argument("in_path", metavar="IN.onnx", type=click.Path(dir_okay=False))
@@ -96,6 +99,7 @@ def inspect(in_path, as_json, verbose) -> None:
                 for g in ug.groups.values()
             ],
             "frozen_units": ug.frozen(),
+            "unit_kinds": {u.id: u.kind for u in ug.units.values()},
         }
         if as_json:
             click.echo(json.dumps(info, indent=2))
@@ -110,6 +114,19 @@ def inspect(in_path, as_json, verbose) -> None:
             click.echo(f"    producers: {_short(g['producers'])}")
             click.echo(f"    consumers: {_short(g['consumers'])}")
             click.echo(f"    cuts:      {_short(g['cuts'])}")
+        kinds: dict[str, list[int]] = {}
+        for u in ug.units.values():
+            k = kinds.setdefault(u.kind, [0, 0])
+            k[0] += 1
+            k[1] += u.prunable
+        if set(kinds) - {"channel", "neuron"}:
+            click.echo("\nunit kinds:")
+            for kind, (total, pr) in sorted(kinds.items()):
+                click.echo(f"  {KIND_NAMES[kind]}: {total} ({pr} prunable)")
+            if "head" in kinds:
+                click.echo("  a head spans its channels of Q, K, V and of the merged context; "
+                           "Q/K channels inside a head are never sliced on their own (softmax "
+                           "is not linear)")  # fmt: skip
         reasons: dict[str, int] = {}
         for r in info["frozen_units"].values():
             reasons[r] = reasons.get(r, 0) + 1

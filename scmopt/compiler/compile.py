@@ -28,7 +28,7 @@ def compile_plan(ug: UnitGraph, plan: Plan) -> Compiled:
     plan.validate(ug)
     src = ug.model
     graph = gs.import_onnx(copy.deepcopy(src))
-    keep = Survivors(ug, plan.removed, opset(src))
+    keep = Survivors(ug, plan.removed, opset(src), graph)
     slice_channels(graph, keep)
     absorb_replacements(graph, keep, plan)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()

@@ -73,7 +73,7 @@ class Dense(Handler):
                 set_bias(node, cval + contrib, dtype)
             return
         replace_constant(node, 1, mixed.astype(dtype), "absorbed")
-        if contrib.any():
+        if contrib.any() and not _into_bias_add(node, contrib):
             add_after(graph, node, contrib.astype(dtype), "absorbed_bias")
 
 
@@ -102,6 +102,50 @@ class Gemm(Dense):
         return None
 
 
+def _into_bias_add(node: gs.Node, contrib: np.ndarray) -> bool:
+    """Adds `contrib` to the constant of the bias Add that alone reads the MatMul's output
+    (the exporters' MatMul + Add(b)), when that needs no larger constant; True if done."""
+    out = node.outputs[0]
+    if len(out.outputs) != 1 or out.outputs[0].op != "Add":
+        return False
+    add = out.outputs[0]
+    k = 1 - list(add.inputs).index(out) if out in add.inputs else -1
+    if k not in (0, 1) or not isinstance(add.inputs[k], gs.Constant):
+        return False
+    bias = add.inputs[k].values
+    if np.broadcast_shapes(bias.shape, contrib.shape) != bias.shape:
+        return False
+    replace_constant(add, k, (bias + contrib).astype(bias.dtype), "absorbed")
+    return True
+
+
+def _batched_product(node: gs.Node, ctx) -> str | None:
+    """A product of two activations ([..., M, K] @ [..., K, N], attention scores and context)
+    is independent per index of its batch axes: channels on one of them (attention heads)
+    pass through, unified between the operands; elsewhere they are refused."""
+    a, b = node.inputs
+    la, lb = ctx.lay(a), ctx.lay(b)
+    if la is None and lb is None:
+        return None
+    r = rank(node.outputs[0])
+    if r is None or rank(a) != r or rank(b) != r:
+        return "product of two activations (attention) of unknown or unequal ranks"
+    lay = la if la is not None else lb
+    if lay.axis >= r - 2:
+        return "product of two activations over the channel axis (attention scores or context)"
+    for t, other in ((a, la), (b, lb)):
+        if other is None:
+            if t.shape is None or t.shape[lay.axis] != 1:
+                return "product with an unlabelled activation across channels"
+        elif not other.same_geometry(lay):
+            return "product of two activations with different channel layouts"
+    if la is not None and lb is not None:
+        ctx.union(la.labels, lb.labels)
+    ctx.heads.update(int(v) for v in lay.labels)
+    ctx.set(node.outputs[0], lay)
+    return None
+
+
 @register("MatMul")
 class MatMul(Dense):
     def macs(self, node, shapes):
@@ -113,9 +157,7 @@ class MatMul(Dense):
         if bv is None:
             if ctx.lay(b) is not None and const_value(a) is not None:
                 return "constant first operand (weight @ activation)"
-            if ctx.lay(a) is not None or ctx.lay(b) is not None:
-                return "product of two activations (attention scores or context)"
-            return None
+            return _batched_product(node, ctx)
         if bv.ndim != 2:
             return "weight of rank != 2"
         r = rank(a)

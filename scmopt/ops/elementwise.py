@@ -15,7 +15,7 @@ UNARY = (
     "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Sin", "Cos", "Clip", "Cast", "Floor",
     "Ceil", "Round", "Sign", "Swish",
 )  # fmt: skip
-BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu")
+BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu", "Where")
 
 
 def const_value(t: gs.Tensor) -> np.ndarray | None:

@@ -14,7 +14,7 @@ from scmopt.ops.edit import replace_constant
 from scmopt.ops.elementwise import const_value, rank
 from scmopt.ops.pooling import node_axes
 from scmopt.ops.registry import Handler, register
-from scmopt.units.layout import Layout, reshape_layout
+from scmopt.units.layout import Layout, reshape_layout, split_layout
 
 
 def _norm(axes: list[int], r: int) -> list[int]:
@@ -63,25 +63,89 @@ class Flatten(Handler):
         return None
 
 
+Entry = int | tuple[str, int] | None  # a target dim: constant, ("dim", i) copy of input dim i
+
+
+def target_parts(target: gs.Tensor, x: gs.Tensor) -> list[tuple[Entry, gs.Node | None, int]] | None:
+    """A Reshape target as one entry per output axis, with where its value lives (the Concat
+    node and its input index, None for a constant target), or None when it is not readable.
+    Understood: constants (0 copies the input dim), and Concat of constants and
+    [Unsqueeze] Gather(Shape(t), i) parts, as the TorchScript exporter builds run-time targets."""
+    v = const_value(target)
+    if v is not None:
+        return [(("dim", i) if int(d) == 0 else int(d), None, i) for i, d in enumerate(v.ravel())]
+    node = target.inputs[0] if target.inputs else None
+    if node is None or node.op != "Concat":
+        return None
+    parts: list[tuple[Entry, gs.Node | None, int]] = []
+    for k, part in enumerate(node.inputs):
+        pv = const_value(part)
+        if pv is not None:
+            parts.extend((int(d), node, k) for d in pv.ravel())
+            continue
+        dim = _shape_dim(part, x)
+        if dim is None:
+            return None
+        parts.append((("dim", dim), node, k))
+    return parts
+
+
+def _shape_dim(t: gs.Tensor, x: gs.Tensor) -> int | None:
+    """i when `t` is [Unsqueeze] Gather(Shape(s), i) with s's dim i equal to x's."""
+    node = t.inputs[0] if t.inputs else None
+    if node is not None and node.op == "Unsqueeze":
+        node = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+    if node is None or node.op != "Gather" or int(node.attrs.get("axis", 0)) != 0:
+        return None
+    idx = const_value(node.inputs[1])
+    src = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+    if idx is None or idx.size != 1 or src is None or src.op != "Shape":
+        return None
+    i = int(idx.ravel()[0])
+    s = src.inputs[0]
+    if s is not x and (s.shape is None or x.shape is None or len(s.shape) <= i
+                       or len(x.shape) <= i or s.shape[i] != x.shape[i]):  # fmt: skip
+        return None
+    return i
+
+
 @register("Reshape")
 class Reshape(Handler):
+    """Follows channels through the re-indexing; a split of the channel axis into (groups,
+    members), like an attention head split, makes each group one unit."""
+
     def propagate(self, node, ctx):
         x, out = node.inputs[0], node.outputs[0]
         lay = ctx.lay(x)
         if lay is None:
             return None
-        if ctx.only_first_input_labelled(node) or const_value(node.inputs[1]) is None:
+        if ctx.only_first_input_labelled(node):
+            return "labelled target shape"
+        parts = target_parts(node.inputs[1], x)
+        if parts is None:
             return "dynamic target shape"
-        if x.shape is None or out.shape is None:
+        if x.shape is None or out.shape is None or len(parts) != len(out.shape):
             return "unknown shapes"
-        new = reshape_layout(lay, x.shape, out.shape)
+        # a dim copied from the same input axis keeps its (maybe symbolic) size
+        shape = list(out.shape)
+        for i, (e, _, _) in enumerate(parts):
+            if isinstance(e, tuple) and e[1] == i < len(x.shape):
+                shape[i] = x.shape[i]
+        new = reshape_layout(lay, x.shape, shape)
+        groups = None
         if isinstance(new, str):
-            return new
-        target = const_value(node.inputs[1]).ravel()
-        if target[new.axis] == 0 and not (
-            lay.axis == new.axis and x.shape[lay.axis] == out.shape[new.axis]
+            split = split_layout(lay, x.shape, shape)
+            if isinstance(split, str):
+                return new
+            new, groups = split
+        entry = parts[new.axis][0]
+        if isinstance(entry, tuple) and not (
+            entry[1] == lay.axis == new.axis and x.shape[lay.axis] == out.shape[new.axis]
         ):
             return "target copies the channel axis from a different input axis"
+        for g in groups or []:
+            for c in g[1:]:
+                ctx.union([lay.labels[g[0]]], [lay.labels[c]])
         ctx.set(out, new)
         return None
 
@@ -89,11 +153,29 @@ class Reshape(Handler):
         out = node.outputs[0].name
         if not keep.changed(out):
             return
-        target = node.inputs[1].values.copy()
         axis = keep.layout(out).axis
-        if target[axis] > 0:
-            target[axis] = int(keep.features(out).sum())
+        parts = target_parts(node.inputs[1], node.inputs[0])
+        entry, concat, k = parts[axis]
+        if not isinstance(entry, int) or entry <= 0:
+            return  # -1 or a copy of the (sliced) input dim follows by itself
+        kept = int(keep.features(out).sum())
+        if concat is None:
+            target = node.inputs[1].values.copy()
+            target[axis] = kept
             replace_constant(node, 1, target, "sliced")
+            return
+        # a run-time target: a private copy of its Concat with the channel count rewritten
+        # (the Concat may serve reshapes of other layers)
+        offset = sum(len(np.ravel(const_value(t))) if const_value(t) is not None else 1
+                     for t in concat.inputs[:k])  # fmt: skip
+        values = const_value(concat.inputs[k]).copy().ravel()
+        values[axis - offset] = kept
+        ins = list(concat.inputs)
+        ins[k] = gs.Constant(f"{concat.name}__{node.name}_part", values.astype(np.int64))
+        shape = gs.Variable(f"{node.name}__target", dtype=np.int64)
+        keep.graph.nodes.append(gs.Node("Concat", f"{node.name}__target", attrs={"axis": 0},
+                                        inputs=ins, outputs=[shape]))  # fmt: skip
+        node.inputs[1] = shape
 
 
 @register("Squeeze")
@@ -352,3 +434,13 @@ class Resize(Handler):
             sizes = node.inputs[3].values.copy()
             sizes[keep.layout(out).axis] = int(keep.channels(out).sum())
             replace_constant(node, 3, sizes, "sliced")
+
+
+@register("Shape")
+class Shape(Handler):
+    """Reads only the sizes: after slicing, a size taken from the channel axis is the kept
+    count, which is what run-time shape arithmetic (view(B, T, -1), head counts) needs; any
+    tensor built from it meets labelled channels only in handlers that check the layouts."""
+
+    def propagate(self, node, ctx):
+        return None

@@ -70,6 +70,7 @@ class Unit:
     producers: list[tuple[str, int]]  # (node name, output channel)
     cuts: list[str]  # cut tensors where the unit is present
     frozen: str | None = None
+    kind: str = "channel"  # "channel" (conv), "neuron" (dense), "token" (FFN), "head"
 
     @property
     def prunable(self) -> bool:
@@ -141,6 +142,7 @@ class Context:
         self.anon: dict[int, str] = {}  # label -> name for labels of unlabelled tensors
         self.cuts: dict[str, list[str]] = {}  # tensor -> consumer names
         self.refused: dict[str, str] = {}  # node name -> why it refused its labelled inputs
+        self.heads: set[int] = set()  # labels unified through a product of two activations
 
     def fresh(self, node: str | None, n: int) -> np.ndarray:
         labs = np.array([self.uf.add() for _ in range(n)], dtype=np.int64)
@@ -280,14 +282,19 @@ def _collect(model: onnx.ModelProto, ctx: Context) -> UnitGraph:
         g = gfind.find(ids[u])
         gname = group_of.setdefault(g, f"G{len(group_of)}")
         units[u] = Unit(u, gname, producers.get(root, []), [], frozen.get(root))
+    heads = {uid(int(roots[lab])) for lab in ctx.heads}
     cuts: dict[str, Cut] = {}
     shapes = {vi.name: vi for vi in model.graph.value_info}
     for t, consumers in ctx.cuts.items():
         lay = layouts[t]
-        for u in set(lay.labels):
-            units[u].cuts.append(t)
         spatial, r = _spatial(shapes.get(t), lay.axis)
         cuts[t] = Cut(t, lay, spatial, consumers, r)
+        kind = "channel" if lay.axis == 1 and (r or 0) > 2 else "neuron"
+        if r is not None and r > 2 and lay.axis == r - 1:
+            kind = "token"
+        for u in set(lay.labels):
+            units[u].cuts.append(t)
+            units[u].kind = "head" if u in heads else kind
     groups: dict[str, Group] = {}
     for u in units.values():
         g = groups.setdefault(u.group, Group(u.group, [], [], [], []))

@@ -171,10 +171,9 @@ def _const(inits: list[onnx.TensorProto], name: str, values) -> str:
     return name
 
 
-def reshape_layout(lay: Layout, in_shape: Sequence, out_shape: Sequence) -> Layout | str:
-    """The layout after a Reshape/Flatten from `in_shape` to `out_shape` (batch dims included),
-    or a refusal. The channel of every element is followed through the row-major re-indexing;
-    the output's channel axis is the one axis along which the channel varies."""
+def _channel_grid(lay: Layout, in_shape: Sequence, out_shape: Sequence):
+    """(channel index of every element in the output's non-batch shape, number of leading
+    dims kept as they are) or a refusal."""
     if len(in_shape) < 2 or len(out_shape) < 2:
         return "reshape to rank < 2"
     ins, outs = list(in_shape[1:]), list(out_shape[1:])
@@ -187,13 +186,23 @@ def reshape_layout(lay: Layout, in_shape: Sequence, out_shape: Sequence) -> Layo
         return "dynamic shapes around the channel axis"
     if int(np.prod(ins)) != int(np.prod(outs)):
         return "element counts differ"
-    a = lay.axis - 1 - lead
     grid_shape = [1] * len(ins)
-    grid_shape[a] = lay.features
-    chan = np.broadcast_to(lay.chan.reshape(grid_shape), ins).reshape(outs)
+    grid_shape[lay.axis - 1 - lead] = lay.features
+    return np.broadcast_to(lay.chan.reshape(grid_shape), ins).reshape(outs), lead
+
+
+def reshape_layout(lay: Layout, in_shape: Sequence, out_shape: Sequence) -> Layout | str:
+    """The layout after a Reshape/Flatten from `in_shape` to `out_shape` (batch dims included),
+    or a refusal. The channel of every element is followed through the row-major re-indexing;
+    the output's channel axis is the one axis along which the channel varies."""
+    grid = _channel_grid(lay, in_shape, out_shape)
+    if isinstance(grid, str):
+        return grid
+    chan, lead = grid
+    outs = chan.shape
     axes = [b for b in range(len(outs)) if _varies(chan, b)]
     if not axes and lay.channels == 1:  # one channel fills the tensor: keep it on an axis
-        axes = [min(a, len(outs) - 1)]
+        axes = [min(lay.axis - 1 - lead, len(outs) - 1)]
     if len(axes) != 1:
         return "reshape mixes channels with other axes"
     b = axes[0]
@@ -212,6 +221,33 @@ def reshape_layout(lay: Layout, in_shape: Sequence, out_shape: Sequence) -> Layo
     return Layout(b + 1 + lead, new_chan, new_pos, lay.labels)
 
 
+def split_layout(
+    lay: Layout, in_shape: Sequence, out_shape: Sequence
+) -> tuple[Layout, list[list[int]]] | str:
+    """A Reshape that splits the channel axis into two adjacent axes (groups, members), as
+    the head split [B, T, H*Dh] -> [B, T, H, Dh] of attention: the channels of each group
+    become one channel of the output (on the group axis) and must be removed together.
+    Returns (layout, groups of input channel indices to unify) or a refusal."""
+    grid = _channel_grid(lay, in_shape, out_shape)
+    if isinstance(grid, str):
+        return grid
+    chan, lead = grid
+    axes = [b for b in range(chan.ndim) if _varies(chan, b)]
+    if len(axes) != 2 or axes[1] != axes[0] + 1:
+        return "reshape mixes channels with other axes"
+    b = axes[0]
+    moved = np.moveaxis(np.moveaxis(chan, b, 0), b + 1, 1)
+    flat = moved.reshape(moved.shape[0], moved.shape[1], -1)
+    if not (flat == flat[:, :, :1]).all():
+        return "reshape mixes channels with other axes"
+    groups = [sorted({int(c) for c in flat[i, :, 0]}) for i in range(flat.shape[0])]
+    if sum(len(g) for g in groups) != len({c for g in groups for c in g}):
+        return "reshape splits a channel across groups"
+    n = len(groups)
+    labels = [lay.labels[g[0]] for g in groups]
+    return Layout(b + 1 + lead, np.arange(n), np.zeros(n, dtype=np.int64), labels), groups
+
+
 def _varies(grid: np.ndarray, axis: int) -> bool:
     if grid.shape[axis] == 1:
         return False
@@ -219,4 +255,4 @@ def _varies(grid: np.ndarray, axis: int) -> bool:
     return bool((grid != first).any())
 
 
-__all__ = ["Layout", "reshape_layout"]
+__all__ = ["Layout", "reshape_layout", "split_layout"]

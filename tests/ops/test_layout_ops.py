@@ -151,17 +151,19 @@ def test_head_merge_into_a_dense_layer():
     check_random_plans(model, feeds_for(model, batch=2), fraction=0.4)
 
 
-def test_head_split_of_per_feature_channels_is_refused():
-    """[B, T, H*D] with one unit per feature -> Reshape [B, T, H, D]: a channel would vary
-    along two axes; the units freeze with the reshape's reason."""
+def test_head_split_of_per_feature_channels_groups_them_into_heads():
+    """[B, T, H*D] with one unit per feature -> Reshape [B, T, H, D]: the features of each head
+    become one unit (units.layout.split_layout), here frozen because the heads reach an
+    output."""
     n = Net(21)
     h = n.op("MatMul", ["x", n.w("w1", 4, 6)], "qkv")
     n.op("MatMul", [h, n.w("ws", 6, 2)], "side", out="y0")
     n.op("Reshape", [h, n.ints("split", [0, 0, 2, 3])], "heads", out="y1")
     model = n.model({"x": ["B", 5, 4]}, {"y0": None, "y1": None})
     us = units_of(units.analyze(model), "qkv")
-    assert len(us) == 6
-    assert frozen_with(us, "reshape mixes channels", "Reshape 'heads'"), reasons(us)
+    assert len(us) == 2
+    assert [len(u.producers) for u in us] == [3, 3]
+    assert frozen_with(us, "reaches graph output 'y1'"), reasons(us)
 
 
 def test_single_channel_flatten_is_one_unit():

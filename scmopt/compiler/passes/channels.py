@@ -12,8 +12,10 @@ from scmopt.units.layout import Layout
 class Survivors:
     """Kept-channel masks of every labelled tensor, for a set of removed units."""
 
-    def __init__(self, ug: UnitGraph, removed: set[str], opset: int = 17) -> None:
+    def __init__(self, ug: UnitGraph, removed: set[str], opset: int = 17,
+                 graph: gs.Graph | None = None) -> None:  # fmt: skip
         self.ug = ug
+        self.graph = graph  # the graph being rewritten, for passes that add nodes
         self.removed = removed
         self.opset = opset
 
