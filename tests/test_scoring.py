@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from models import load_split, model_path
+from scmopt.analysis.criteria import CRITERIA
 from scmopt.analysis.curvature import Prober
 from scmopt.analysis.fits import _ls, _ls_batch, fit_cut
 from scmopt.analysis.measure import Runner
 from scmopt.analysis.scoring import (
-    CRITERIA,
     Scorer,
     apply,
     residual_cov,

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scmopt.analysis.criteria import criterion as get_criterion
 from scmopt.analysis.measure import Metrics
-from scmopt.analysis.scoring import CALIBRATED
 from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
 
@@ -150,7 +150,7 @@ def meets_rule(rule: str, value: float, m: Metrics) -> bool:
 
 
 def budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[dict]) -> None:
-    calibrated = rule == "budget" and s.criterion in CALIBRATED
+    calibrated = rule == "budget" and get_criterion(s.criterion).calibrated
     cal = 1.0
     cur = 0.0  # measured risk of the current plan
     step = None

@@ -23,14 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scmopt.analysis import curvature as curv
+from scmopt.analysis.criteria import criterion as get_criterion
 from scmopt.analysis.fits import Fit, fit_cut
 from scmopt.analysis.stats import CutStats, Stats
-from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
 from scmopt.units.analysis import UnitGraph
-
-CRITERIA = ("curvature", "layer", "variance", "magnitude", "random", "ablation")
-CALIBRATED = {"curvature", "layer", "ablation"}  # scores are predicted risks
 
 
 @dataclass
@@ -316,8 +313,7 @@ class Scorer:
         screen's predicted risks the units worth exact per-unit probes (default: all)."""
         import time
 
-        if criterion not in CRITERIA:
-            raise ScmoptError(f"unknown criterion {criterion!r} (expected {', '.join(CRITERIA)})")
+        crit = get_criterion(criterion)
         out_var = out_var or stats.out_variance
         secs: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -328,11 +324,11 @@ class Scorer:
                 for t in self.sites}  # fmt: skip
         t0 = time.perf_counter()
         probed: set[str] = set()
-        if criterion in ("variance", "magnitude", "random"):
+        if crit.curvature == "uniform":
             kappa = curv.uniform(self.ug, self.sites).kappa
-        elif criterion == "layer":
+        elif crit.curvature == "layer":
             kappa = self._layer(plan_feeds, kept, round_seed)
-        elif criterion == "ablation":
+        elif crit.curvature == "ablation":
             kappa = self._ablation(plan_feeds, fits)
             probed = set(candidates)
         else:
@@ -344,16 +340,16 @@ class Scorer:
         secs["curvature"] = time.perf_counter() - t0
         const, folded, action = risks(self.ug, stats, kappa, fits, out_var, fold)
         risk = {u: folded[u] if action[u] == "folded" else const[u] for u in candidates}
-        if criterion == "magnitude":
+        if crit.ranking == "magnitude":
             rank = {u: sum(float(self.norms[t][1][f.channels[0]]) for t, f in fits[u].items())
                     for u in candidates}  # fmt: skip
-        elif criterion == "random":
+        elif crit.ranking == "random":
             rng = np.random.default_rng([self.seed, round_seed, 99])
             rank = dict(zip(candidates, rng.random(len(candidates)).tolist(), strict=True))
         else:
             rank = dict(risk)
-        if criterion not in CALIBRATED:
-            risk = {u: float("nan") for u in candidates} if criterion != "variance" else risk
+        if not crit.ranks_by_risk:
+            risk = {u: float("nan") for u in candidates}
         return Scores(rank, risk, const, folded, action, fits, kappa, probed, secs)
 
     def _cache(self, plan_feeds):

@@ -40,11 +40,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scmopt.analysis.config import SearchConfig
+from scmopt.analysis.criteria import criterion as get_criterion
 from scmopt.analysis.curvature import Prober
 from scmopt.analysis.curvature import coupling as curv_coupling
 from scmopt.analysis.measure import Evaluator, Metrics, Runner
 from scmopt.analysis.rules import budget_mode, keep_mode, meets_rule, polish_plan, shrink_folds
-from scmopt.analysis.scoring import CALIBRATED, CRITERIA, Fit, Scorer, Scores, apply, risks, select
+from scmopt.analysis.scoring import Fit, Scorer, Scores, apply, risks, select
 from scmopt.analysis.stats import collect
 from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
@@ -91,8 +92,7 @@ def _check(
         raise ScmoptError(f"{rule} must be in [0, 1], not {value}")
     if rule == "budget" and value < 0:
         raise ScmoptError(f"budget must be >= 0, not {value}")
-    if criterion not in CRITERIA:
-        raise ScmoptError(f"unknown criterion {criterion!r} (expected {', '.join(CRITERIA)})")
+    get_criterion(criterion)
     if not 0 < p <= 1:
         raise ScmoptError(f"swap probability p must be in (0, 1], not {p}")
     if not 0 < holdout < 1:
@@ -251,7 +251,7 @@ class _Search:
         const, folded, action = risks(self.ug, self.stats, sc.kappa, fits, self.out_var,
                                       self.fold)  # fmt: skip
         risk = {u: folded[u] if action[u] == "folded" else const[u] for u in sc.fits}
-        rank = risk if self.criterion in CALIBRATED or self.criterion == "variance" else sc.rank
+        rank = risk if get_criterion(self.criterion).ranks_by_risk else sc.rank
         return dataclasses.replace(sc, rank=dict(rank), risk=risk, const_risk=const,
                                    fold_risk=folded, action=action, fits=fits)  # fmt: skip
 
@@ -269,12 +269,12 @@ class _Search:
     def _choose(self, sc: Scores, count: int | None, budget: float | None,
                 trace: list[float] | None, target: str,
                 ) -> tuple[list[str], Plan, float]:  # fmt: skip
-        if self.criterion in ("magnitude", "random"):
+        if not get_criterion(self.criterion).ranks_by_risk:
             units = self.prefix(self.order(sc), count or 0)
             return units, self.extend(sc, units, target), float("nan")
         kept = {u for u in self.ug.units if u not in self.plan.removed}
         coupling = None
-        if self.criterion != "variance":
+        if get_criterion(self.criterion).coupled:
             coupling = {t: curv_coupling(self.ug, t, sc.kappa[t]) for t in self.stats.cuts}
         units, fits, pred = select(
             sc, self.stats, lambda k, t: self.scorer.fits(self.stats, k, t, self.fold, target),
