@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +17,10 @@ __all__ = [
     "InvertedResidual",
     "MobileDigits",
     "EqualityMLP",
+    "SelfAttention",
+    "EncoderLayer",
+    "ViTDigits",
+    "TextEncoder",
 ]
 
 
@@ -187,3 +193,128 @@ class EqualityMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention written out plainly (no SDPA), so exports show every step.
+
+    q, k, v, out: separate ``nn.Linear``; heads split with ``view(B, T, H, Dh).transpose(1, 2)``
+    and merged with ``transpose(1, 2).reshape(B, T, H * Dh)``; scores ``q @ k^T / sqrt(Dh)``
+    (plus an additive mask [B, 1, 1, T] when given), softmax over keys, ``@ v``.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        assert dim % heads == 0
+        self.heads, self.head_dim = heads, dim // heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, _ = x.shape
+        h, dh = self.heads, self.head_dim
+        q = self.q(x).view(b, t, h, dh).transpose(1, 2)
+        k = self.k(x).view(b, t, h, dh).transpose(1, 2)
+        v = self.v(x).view(b, t, h, dh).transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(dh)
+        if mask is not None:
+            scores = scores + mask
+        ctx = torch.softmax(scores, dim=-1) @ v
+        return self.out(ctx.transpose(1, 2).reshape(b, t, h * dh))
+
+
+class EncoderLayer(nn.Module):
+    """Attention + FFN (Linear-GELU-Linear) with residuals and LayerNorm.
+
+    ``pre_norm`` (ViT): x + attn(LN(x)), x + ffn(LN(x)). Otherwise post-norm (BERT):
+    LN(x + attn(x)), LN(x + ffn(x)).
+    """
+
+    def __init__(self, dim: int, heads: int, ffn: int, pre_norm: bool) -> None:
+        super().__init__()
+        self.pre_norm = pre_norm
+        self.attn = SelfAttention(dim, heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, ffn)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(ffn, dim)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.attn(self.norm1(x), mask)
+            return x + self.ffn(self.norm2(x))
+        x = self.norm1(x + self.attn(x, mask))
+        return self.norm2(x + self.ffn(x))
+
+
+class ViTDigits(nn.Module):
+    """Small pre-norm ViT on the 8x8 digits. Input [N, 1, 8, 8].
+
+    Patch embedding Conv(1 -> dim, 2x2, stride 2) -> flatten(2).transpose(1, 2): 16 tokens;
+    class token (expanded to the batch) concatenated in front, learned position embedding added;
+    ``layers`` pre-norm encoder layers; final LayerNorm; Linear head on the class token.
+    """
+
+    def __init__(
+        self, dim: int = 64, heads: int = 4, layers: int = 4, ffn: int = 128, patch: int = 2
+    ) -> None:
+        super().__init__()
+        tokens = (8 // patch) ** 2
+        self.patch = nn.Conv2d(1, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.layers = nn.ModuleList(EncoderLayer(dim, heads, ffn, True) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)  # [N, tokens, dim]
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+class TextEncoder(nn.Module):
+    """Small post-norm BERT-style encoder. Inputs input_ids, attention_mask: int64 [N, T].
+
+    Learned token and position embeddings (position ids sliced from a buffer to the run-time
+    length T <= ``max_len``), embedding LayerNorm; the padding mask enters every layer's scores
+    as ``(1 - mask)[:, None, None, :] * -10000``; ``layers`` post-norm encoder layers; the
+    [CLS] (position 0) state -> Linear -> tanh pooler -> Linear classifier.
+    """
+
+    def __init__(
+        self,
+        vocab: int,
+        max_len: int,
+        classes: int = 2,
+        dim: int = 64,
+        heads: int = 4,
+        layers: int = 4,
+        ffn: int = 128,
+    ) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(max_len, dim)
+        self.register_buffer("position_ids", torch.arange(max_len)[None], persistent=False)
+        self.norm = nn.LayerNorm(dim)
+        self.layers = nn.ModuleList(EncoderLayer(dim, heads, ffn, False) for _ in range(layers))
+        self.pooler = nn.Linear(dim, dim)
+        self.classifier = nn.Linear(dim, classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1]
+        x = self.tok(input_ids) + self.pos(self.position_ids[:, :t])
+        x = self.norm(x)
+        mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.classifier(torch.tanh(self.pooler(x[:, 0])))

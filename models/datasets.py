@@ -6,21 +6,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import equality_task
+from . import equality_task, majority_task
 
-__all__ = ["Split", "Dataset", "digits", "equality"]
+__all__ = ["Split", "Dataset", "digits", "equality", "majority"]
 
 DIGITS_SEED = 0
 DIGITS_TEST = 450
 CALIB_SIZE = 1024
 EQUALITY_SEEDS = {"train": 101, "calib": 202, "test": 303}
 EQUALITY_SIZES = {"train": 20000, "calib": CALIB_SIZE, "test": 2000}
+MAJORITY_SEEDS = {"train": 111, "calib": 222, "test": 333}
+MAJORITY_SIZES = {"train": 20000, "calib": CALIB_SIZE, "test": 2000}
 
 
 @dataclass(frozen=True)
 class Split:
-    x: np.ndarray  # float32 inputs
+    x: np.ndarray | dict[str, np.ndarray]  # float32 inputs, or arrays keyed by input name
     y: np.ndarray  # int64 labels
+
+    @property
+    def inputs(self) -> tuple[np.ndarray, ...]:
+        """The input arrays in the model's argument order."""
+        return tuple(self.x.values()) if isinstance(self.x, dict) else (self.x,)
+
+    def head(self, n: int) -> Split:
+        """The first n samples."""
+        x = {k: v[:n] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[:n]
+        return Split(x, self.y[:n])
 
 
 @dataclass(frozen=True)
@@ -69,4 +81,17 @@ def equality() -> Dataset:
     return Dataset(
         **splits,
         task="hierarchical equality (a==b)==(c==d), 4 entity vectors of dim 4, 2 classes",
+    )
+
+
+def majority() -> Dataset:
+    """Hierarchical majority (models.majority_task): train 20000, calib 1024, test 2000."""
+    splits = {
+        k: Split(*majority_task.sample(MAJORITY_SIZES[k], MAJORITY_SEEDS[k]))
+        for k in MAJORITY_SEEDS
+    }
+    return Dataset(
+        **splits,
+        task="hierarchical majority: y = (majority A/B of segment 1 == that of segment 2), "
+        f"token ids [N, {majority_task.SEQ_LEN}] with padding mask, 2 classes",
     )

@@ -25,41 +25,80 @@ TORCHSCRIPT_OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH = "batch"
+SEQ = "seq"
 
 
-def export_torchscript(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
-    """TorchScript exporter (``dynamo=False``), opset 17, dynamic batch axis."""
+Example = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def _names_and_axes(
+    example: Example, input_names: tuple[str, ...] | None, seq_axis: bool
+) -> tuple[tuple[torch.Tensor, ...], list[str], dict[int, str]]:
+    args = example if isinstance(example, tuple) else (example,)
+    names = list(input_names or (INPUT_NAME,))
+    assert len(names) == len(args), (names, len(args))
+    axes = {0: BATCH, 1: SEQ} if seq_axis else {0: BATCH}
+    return args, names, axes
+
+
+def export_torchscript(
+    model: nn.Module,
+    example: Example,
+    opset: int = TORCHSCRIPT_OPSET,
+    input_names: tuple[str, ...] | None = None,
+    seq_axis: bool = False,
+) -> onnx.ModelProto:
+    """TorchScript exporter (``dynamo=False``), opset 17 by default, dynamic batch axis.
+
+    ``example`` is one tensor or a tuple of them (one per input, named ``input_names``);
+    ``seq_axis`` makes axis 1 of every input dynamic too (``seq``).
+    """
+    args, names, axes = _names_and_axes(example, input_names, seq_axis)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated in torch 2.9+
         torch.onnx.export(
             model.eval(),
-            (example,),
+            args,
             buf,
             dynamo=False,
-            opset_version=TORCHSCRIPT_OPSET,
-            input_names=[INPUT_NAME],
+            opset_version=opset,
+            input_names=names,
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: BATCH}, OUTPUT_NAME: {0: BATCH}},
+            dynamic_axes={**{n: dict(axes) for n in names}, OUTPUT_NAME: {0: BATCH}},
             do_constant_folding=True,
         )
     return normalize(onnx.load_from_string(buf.getvalue()))
 
 
-def export_dynamo(model: nn.Module, example: torch.Tensor, tmp: Path) -> onnx.ModelProto:
-    """torch.export-based exporter (``dynamo=True``): default opset, dynamic batch, inline data."""
-    batch = torch.export.Dim(BATCH, min=1, max=1 << 20)
+def export_dynamo(
+    model: nn.Module,
+    example: Example,
+    tmp: Path,
+    opset: int | None = None,
+    input_names: tuple[str, ...] | None = None,
+    seq_axis: bool = False,
+    max_seq: int | None = None,
+) -> onnx.ModelProto:
+    """torch.export-based exporter (``dynamo=True``): default opset unless ``opset`` is given,
+    dynamic batch (and axis 1 up to ``max_seq`` with ``seq_axis``), inline data."""
+    args, names, axes = _names_and_axes(example, input_names, seq_axis)
+    dims = {0: torch.export.Dim(BATCH, min=1, max=1 << 20)}
+    if seq_axis:
+        dims[1] = torch.export.Dim(SEQ, min=2, max=max_seq or 1 << 16)
+    extra = {} if opset is None else {"opset_version": opset}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model.eval(),
-            (example,),
+            args,
             dynamo=True,
-            input_names=[INPUT_NAME],
+            input_names=names,
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=tuple(dict(dims) for _ in args),
             optimize=True,
             verbose=False,
+            **extra,
         )
     assert program is not None
     path = tmp / "dynamo_tmp.onnx"
@@ -100,23 +139,32 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def ort_logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """Run the model on CPU with onnxruntime; returns the single ``logits`` output."""
+def _feeds(x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return dict(x) if isinstance(x, dict) else {INPUT_NAME: x}
+
+
+def ort_logits(model: onnx.ModelProto, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    """Run the model on CPU with onnxruntime; returns the single ``logits`` output.
+
+    ``x``: the array of the single input ``input``, or arrays keyed by input name."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    return sess.run([OUTPUT_NAME], _feeds(x))[0]
 
 
 def check_against_torch(
-    model: onnx.ModelProto, torch_logits: np.ndarray, x: np.ndarray, atol: float = 1e-4
+    model: onnx.ModelProto,
+    torch_logits: np.ndarray,
+    x: np.ndarray | dict[str, np.ndarray],
+    atol: float = 1e-4,
 ) -> float:
     """Full ONNX check + onnxruntime reproduces the torch logits; returns the max abs diff."""
     onnx.checker.check_model(model, full_check=True)
     names_in = [i.name for i in model.graph.input]
     names_out = [o.name for o in model.graph.output]
-    if names_in != [INPUT_NAME] or names_out != [OUTPUT_NAME]:
+    if names_in != list(_feeds(x)) or names_out != [OUTPUT_NAME]:
         raise AssertionError(f"unexpected I/O names {names_in} -> {names_out}")
     got = ort_logits(model, x)
     diff = float(np.max(np.abs(got - torch_logits)))

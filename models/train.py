@@ -21,6 +21,7 @@ class TrainConfig:
     batch_size: int = 64
     weight_decay: float = 1e-4
     seed: int = 0
+    clip: float | None = None  # gradient-norm clipping (the transformers)
 
 
 def make_deterministic(seed: int) -> None:
@@ -34,32 +35,36 @@ def make_deterministic(seed: int) -> None:
 def train(model: nn.Module, data: Split, cfg: TrainConfig) -> nn.Module:
     """AdamW + cosine schedule on cross-entropy; returns the model in eval mode."""
     make_deterministic(cfg.seed)
-    x = torch.from_numpy(data.x)
+    xs = [torch.from_numpy(a) for a in data.inputs]
     y = torch.from_numpy(data.y)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = (len(x) + cfg.batch_size - 1) // cfg.batch_size
+    n = len(y)
+    steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
     for _ in range(cfg.epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), cfg.batch_size):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(model(*(x[idx] for x in xs)), y[idx])
             loss.backward()
+            if cfg.clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
             sched.step()
     return model.eval()
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Logits of an eval-mode model as float32 numpy."""
+def predict(model: nn.Module, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    """Logits of an eval-mode model as float32 numpy (x: one array or arrays in argument order)."""
     model.eval()
-    return model(torch.from_numpy(x)).numpy()
+    xs = x.values() if isinstance(x, dict) else (x,)
+    return model(*(torch.from_numpy(a) for a in xs)).numpy()
 
 
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
