@@ -5,12 +5,14 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import networkx as nx
 
 from scmopt.plan import Plan
-from scmopt.report import svg
+from scmopt.report import abstraction, charts
+from scmopt.report.svg import COLORS, FONT
 from scmopt.units.analysis import UnitGraph
 
 
@@ -24,19 +26,28 @@ def unit_counts(ug: UnitGraph, plan: Plan) -> dict[str, int]:
 
 
 def group_rows(ug: UnitGraph, plan: Plan) -> list[dict]:
+    """Per group: its units and what the plan does to them, what the units are (`kind`: heads,
+    FFN neurons, channels, ...), its span of layers in the abstraction graph and the groups it
+    feeds (with the edge kind: flow, residual, gate, concat)."""
+    ab = abstraction.build(ug)
     rows = []
     for g in ug.groups.values():
         kinds = Counter(plan.actions[u].kind if u in plan.actions else "kept" for u in g.units)
         frozen = sum(1 for u in g.units if not ug.units[u].prunable)
-        rows.append({"id": g.id, "producers": g.producers, "consumers": g.consumers,
-                     "cuts": g.cuts, "units": len(g.units), "kept": kinds["kept"],
-                     "constant": kinds["constant"], "folded": kinds["folded"],
-                     "frozen": frozen})  # fmt: skip
+        node = ab.nodes[g.id]
+        feeds = sorted({(e.dst, e.kind) for e in ab.edges if e.src == g.id})
+        rows.append({"id": g.id, "kind": node.kind, "producers": g.producers,
+                     "consumers": g.consumers, "cuts": g.cuts, "units": len(g.units),
+                     "kept": kinds["kept"], "constant": kinds["constant"],
+                     "folded": kinds["folded"], "frozen": frozen,
+                     "layers": [node.start, node.end],
+                     "feeds": [{"group": d, "kind": k} for d, k in feeds]})  # fmt: skip
     return rows
 
 
 def group_dag(ug: UnitGraph) -> nx.DiGraph:
-    """Groups linked when a consumer of one group's cut produces channels of another."""
+    """Groups linked when a consumer of one group's cut produces channels of another (cyclic
+    for residual and squeeze-excite blocks; the drawing uses abstraction.build)."""
     dag = nx.DiGraph()
     owner = {p: g.id for g in ug.groups.values() for p in g.producers}
     for g in ug.groups.values():
@@ -47,11 +58,24 @@ def group_dag(ug: UnitGraph) -> nx.DiGraph:
     return dag
 
 
-def write_json(report: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report, indent=2, default=float))
+def write_json(report: Mapping, path: str | Path) -> None:
+    doc = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+    Path(path).write_text(json.dumps(doc, indent=2, default=float))
 
 
-def write_html(report: dict, path: str | Path, ug: UnitGraph) -> None:
+def detail(report: Mapping) -> Mapping:
+    """The fidelity detail (risk, agreement, IIA, certificate, the search's metrics):
+    report["validation"], or report["fidelity"] in reports written before it was one number."""
+    fid = report.get("fidelity")
+    return fid if isinstance(fid, Mapping) else report.get("validation") or {}
+
+
+def _fidelity(report: Mapping) -> float | None:
+    fid = report.get("fidelity")
+    return fid.get("agreement") if isinstance(fid, Mapping) else fid
+
+
+def write_html(report: Mapping, path: str | Path, ug: UnitGraph) -> None:
     Path(path).write_text(render_html(report, ug))
 
 
@@ -73,8 +97,52 @@ def _unknown_flops(flops: dict) -> str:
                        f"{' / '.join(parts)}: {shown})")  # fmt: skip
 
 
-def render_html(report: dict, ug: UnitGraph) -> str:
-    u, fid = report["units"], report["fidelity"]
+def trajectory_points(report: Mapping) -> tuple[list[float], dict[str, list], int | None, str]:
+    """The search trajectory as chart data: accepted rounds in search order, one point per
+    number of units kept (refits at the same size update it), ending at the plan the search
+    chose with its measured risk, fidelity and IIA. Returns (xs, series, chosen index, legend
+    text of the chosen point)."""
+    points: list[dict] = []
+    for t in report.get("trajectory") or []:
+        if not t.get("accepted", True):
+            continue  # rejected proposals would zig-zag the lines
+        if points and points[-1].get("kept") == t.get("kept"):
+            points[-1] = {**points[-1], **{k: v for k, v in t.items() if v is not None}}
+        else:
+            points.append(dict(t))
+    search = detail(report).get("search") or {}
+    chosen, label = None, "chosen plan"
+    if search.get("kept") is not None:
+        final = {k: search.get(k) for k in ("kept", "risk", "fidelity", "iia")}
+        if points and points[-1].get("kept") == final["kept"]:
+            points[-1] = {**points[-1], **{k: v for k, v in final.items() if v is not None}}
+        else:
+            points.append(final)
+        chosen = len(points) - 1
+        shown = [f"{final['kept']} kept"] + [
+            f"{name} {_fmt(final[k])}"
+            for k, name in (("risk", "risk"), ("fidelity", "fidelity"), ("iia", "IIA"))
+            if final[k] is not None
+        ]
+        label = "chosen plan (as the search measured it): " + ", ".join(shown)
+    xs = [float(p.get("kept", i)) for i, p in enumerate(points)]
+    keys = {"measured risk": "risk", "predicted risk": "predicted_risk", "fidelity": "fidelity",
+            "IIA": "iia"}  # fmt: skip
+    series = {name: [p.get(k) for p in points] for name, k in keys.items()}
+    return xs, series, chosen, label
+
+
+def _table(header: list[str], rows: list[list[str]], empty: str) -> str:
+    """An HTML table, or `empty` as a sentence when there are no rows."""
+    if not rows:
+        return f'<p class="empty">{html.escape(empty)}</p>'
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(report: Mapping, ug: UnitGraph) -> str:
+    u, fid = report["units"], detail(report)
     tot = max(u["total"], 1)
     rows = [
         ("units kept / total", f"{u['kept']} / {u['total']} ({u['kept'] / tot:.0%})"),
@@ -86,7 +154,7 @@ def render_html(report: dict, ug: UnitGraph) -> str:
             + _unknown_flops(report["flops"]),
         ),
         ("interventional risk (normalised)", _fmt(fid.get("risk"))),
-        ("fidelity (top-1 agreement)", _fmt(fid.get("agreement"))),
+        ("fidelity (top-1 agreement)", _fmt(_fidelity(report))),
         (f"IIA (mean over cuts, p = {fid.get('iia_p', 0.5):g})", _fmt(fid.get("iia"))),
         ("compile max abs error vs simulation", _fmt(report.get("compile_max_abs_error"))),
         ("time (s)", _fmt(report["timing_s"].get("total"))),
@@ -101,77 +169,58 @@ def render_html(report: dict, ug: UnitGraph) -> str:
         f"distribution of the original model, P(top-1 flip) ≤ P(margin ≤ 2ε) + D2/ε² = "
         f"<b>{_fmt(cert.get('bound'))}</b> (best ε = {_fmt(cert.get('epsilon'))}), i.e. fidelity "
         f"≥ {_fmt(1 - cert['bound']) if 'bound' in cert else '?'}; measured fidelity "
-        f"{_fmt(fid.get('agreement'))} on {fid.get('samples', '?')} held-out samples."
+        f"{_fmt(_fidelity(report))} on {fid.get('samples', '?')} held-out samples."
         if cert
         else "No certificate (no data)."
     )
-    # accepted rounds only, in search order (rejected proposals would zig-zag the lines)
-    traj = [t for t in report.get("trajectory") or [] if t.get("accepted", True)]
-    xs = [t.get("kept", i) for i, t in enumerate(traj)]
-    chart_traj = svg.line_chart(
-        "Search trajectory",
-        xs,
-        {
-            "measured risk": [t.get("risk") for t in traj],
-            "predicted risk": [t.get("predicted_risk") for t in traj],
-            "fidelity": [t.get("fidelity") for t in traj],
-            "IIA": [t.get("iia") for t in traj],
-        },
-        "units kept",
-        "value",
-    )
-    groups = report["groups"]
-    chart_groups = svg.stacked_bars(
-        "Units per layer group",
-        [f"{g['id']} {g['producers'][0] if g['producers'] else ''}" for g in groups],
-        {
-            "kept": [g["kept"] - g["frozen"] for g in groups],
-            **{k: [g[k] for g in groups] for k in ("folded", "constant", "frozen")},
-        },
-    )
-    chart_scores = svg.histogram(
+    xs, series, chosen, chosen_label = trajectory_points(report)
+    chart_traj = charts.line_chart("Search trajectory", xs, series, "prunable units kept",
+                                   "value", chosen, chosen_label)  # fmt: skip
+    chart_scores = charts.histogram(
         "Score distribution (second-order risk per unit)",
         list((report.get("scores") or {}).values()),
         "score",
     )
-    dag = group_dag(ug)
-    by_id = {g["id"]: g for g in groups}
-    layers = (
-        [
-            [
-                (
-                    gid,
-                    f"{gid} {by_id[gid]['kept']}/{by_id[gid]['units']}",
-                    f"{gid}: kept {by_id[gid]['kept']} of "
-                    f"{by_id[gid]['units']}; producers {', '.join(by_id[gid]['producers'][:3])}",
-                    by_id[gid]["kept"] / max(by_id[gid]["units"], 1),
-                )
-                for gid in sorted(gen)
-            ]
-            for gen in nx.topological_generations(dag)
-        ]
-        if nx.is_directed_acyclic_graph(dag)
-        else []
+    ab = abstraction.build(ug)
+    groups = report["groups"]
+    kind = {n.group: n.kind for n in ab.nodes.values()}
+    labels = [f"{g['id']} {abstraction.producers_text(g['producers'], g['cuts'])} · "
+              f"{kind.get(g['id'], 'units')}" for g in groups]  # fmt: skip
+    tips = [f"{g['id']}: {g['kept']} of {g['units']} {kind.get(g['id'], 'units')} kept "
+            f"({g['folded']} folded, {g['constant']} constant, {g['frozen']} frozen); producers: "
+            f"{', '.join(g['producers']) or 'none (graph input)'}" for g in groups]  # fmt: skip
+    chart_groups = charts.stacked_bars(
+        "Units per layer group",
+        labels,
+        {
+            "kept": [g["kept"] - g["frozen"] for g in groups],
+            **{k: [g[k] for g in groups] for k in ("folded", "constant", "frozen")},
+        },
+        tips,
+        colors=[COLORS[2], COLORS[0], COLORS[3], "#aaa"],
     )
-    chart_graph = svg.layered_graph(
-        "Surviving mechanisms (fill = fraction of units kept)", layers, list(dag.edges)
+    chart_graph = abstraction.draw(
+        ab, {g["id"]: g for g in groups}, "Surviving mechanisms (fill = fraction of units kept)"
     )
     frozen = Counter(ug.frozen().values())
-    frozen_rows = "".join(
-        f"<tr><td>{n}</td><td>{html.escape(r)}</td></tr>" for r, n in frozen.most_common(20)
-    )
-    group_table = "".join(
-        f"<tr><td>{g['id']}</td><td>{html.escape(', '.join(g['producers'][:4]))}</td>"
-        f"<td>{g['units']}</td><td>{g['kept']}</td><td>{g['folded']}</td>"
-        f"<td>{g['constant']}</td><td>{g['frozen']}</td></tr>"
-        for g in groups
-    )
+    frozen_table = _table(["units", "reason"],
+                          [[str(n), html.escape(r)] for r, n in frozen.most_common(20)],
+                          "no frozen units")  # fmt: skip
+    group_table = _table(
+        ["group", "units are", "producers", "units", "kept", "folded", "constant", "frozen"],
+        [[g["id"], html.escape(kind.get(g["id"], "units")),
+          html.escape(", ".join(g["producers"][:4]) + (" …" if len(g["producers"]) > 4 else "")),
+          *(str(g[k]) for k in ("units", "kept", "folded", "constant", "frozen"))]
+         for g in groups],
+        "no layer groups",
+    )  # fmt: skip
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.get("notes", []))
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>scmopt report: {html.escape(str(report.get("input", "")))}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:20px auto;color:#222}}
+<style>body{{font-family:{FONT};max-width:1200px;margin:20px auto;padding:0 12px;color:#222}}
 table{{border-collapse:collapse;margin:8px 0}}td,th{{border:1px solid #ccc;padding:3px 8px;
-text-align:left}}.charts{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body>
+text-align:left}}.charts{{display:flex;flex-wrap:wrap;gap:12px}}.empty{{color:#666}}
+.scroll{{overflow-x:auto}}</style></head><body>
 <h1>scmopt: causal abstraction report</h1>
 <p>{html.escape(str(report.get("input", "")))} → {html.escape(str(report.get("output", "")))}
  · criterion <b>{html.escape(str(report.get("settings", {}).get("criterion", "")))}</b></p>
@@ -179,9 +228,13 @@ text-align:left}}.charts{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><
 <h2>Fidelity certificate</h2><p>{cert_text}</p>
 <ul>{notes}</ul>
 <div class="charts">{chart_traj}{chart_scores}</div>
-<div>{chart_groups}</div>
-<h2>Abstraction</h2><div style="overflow-x:auto">{chart_graph}</div>
-<h2>Layer groups</h2><table><tr><th>group</th><th>producers</th><th>units</th><th>kept</th>
-<th>folded</th><th>constant</th><th>frozen</th></tr>{group_table}</table>
-<h2>Frozen units</h2><table><tr><th>units</th><th>reason</th></tr>{frozen_rows}</table>
+<div class="scroll">{chart_groups}</div>
+<h2>Abstraction</h2>
+<p>One box per layer group: how many of its units survive and what they are (heads, FFN
+neurons, channels, neurons). Top to bottom in the topological order of the cuts; a group that
+spans several cuts (a residual stage) is one tall box, and the branches beside it write back
+into it. Hover a box or an edge for the producers and cut tensors.</p>
+<div class="scroll">{chart_graph}</div>
+<h2>Layer groups</h2>{group_table}
+<h2>Frozen units</h2>{frozen_table}
 </body></html>"""

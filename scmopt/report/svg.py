@@ -1,155 +1,304 @@
-"""Minimal inline-SVG charts for the self-contained HTML report (no plotting dependency)."""
+"""SVG primitives for the self-contained HTML report (no plotting dependency): text metrics,
+boxes, frames, ticks, axes and legends. Charts are in charts.py, the abstraction graph in
+abstraction.py.
+
+Text is laid out from estimated widths: Arial advance widths (Liberation Sans and Helvetica
+have the same metrics) times `SLACK`, so that the wider fallback a browser may pick for
+`sans-serif` (DejaVu Sans) still fits. Everything that places text goes through `text_box`,
+and the tests check the layout with the same function.
+"""
 
 from __future__ import annotations
 
 import html
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-W, H, PAD = 560, 260, 44
+FONT = "Arial, 'Liberation Sans', Helvetica, sans-serif"
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+SLACK = 1.1
+
+# advance widths in 1/1000 em
+_NARROW = {c: 278 for c in " !,./:;I[\\]fijlt|"} | {c: 333 for c in "()-r`{}"} | {"'": 191}
+_WIDE = {c: 833 for c in "mM%"} | {"W": 944, "w": 722, "@": 1015, "—": 1000, "…": 1000}
+_WIDTHS = (
+    {c: 556 for c in "0123456789abdeghnopqu_$#?+=<>~^*"}
+    | {c: 500 for c in "cksvxyzJ"}
+    | {c: 667 for c in "ABEKPSVXY&"}
+    | {c: 722 for c in "CDHNRUw"}
+    | {c: 778 for c in "GOQ"}
+    | {c: 611 for c in "FTZ"}
+    | {"L": 556, '"': 355, "·": 278, "→": 1000, "≤": 549, "≥": 549, "×": 584, "−": 584}
+    | {c: 420 for c in "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"}
+    | _NARROW
+    | _WIDE
+)
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
-def _frame(title: str, body: str, width: int = W, height: int = H) -> str:
+def text_width(s: str, size: float) -> float:
+    """Estimated rendered width of `s` at font size `size` (px)."""
+    return SLACK * size * sum(_WIDTHS.get(c, 600) for c in s) / 1000
+
+
+def fit(s: str, size: float, width: float) -> str:
+    """`s`, or its start and end around an ellipsis, within `width` px."""
+    if text_width(s, size) <= width:
+        return s
+    head, tail = s[: len(s) // 2], s[len(s) // 2 :]
+    while head or tail:
+        if len(head) >= len(tail):
+            head = head[:-1]
+        else:
+            tail = tail[1:]
+        if text_width(head + "…" + tail, size) <= width:
+            return head + "…" + tail
+    return ""
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned rectangle, x to the right and y down."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def overlaps(self, other: Box) -> bool:
+        return (
+            self.x0 < other.x1 and other.x0 < self.x1 and self.y0 < other.y1 and other.y0 < self.y1
+        )
+
+    def inside(self, other: Box) -> bool:
+        return (
+            self.x0 >= other.x0
+            and self.x1 <= other.x1
+            and self.y0 >= other.y0
+            and self.y1 <= other.y1
+        )
+
+    def union(self, other: Box) -> Box:
+        return Box(
+            min(self.x0, other.x0),
+            min(self.y0, other.y0),
+            max(self.x1, other.x1),
+            max(self.y1, other.y1),
+        )
+
+    def hits_segment(self, a: tuple[float, float], b: tuple[float, float]) -> bool:
+        """True when the segment a-b passes through the box (Liang-Barsky clipping)."""
+        (ax, ay), (bx, by) = a, b
+        t0, t1 = 0.0, 1.0
+        for p, q in (
+            (ax - bx, ax - self.x0),
+            (bx - ax, self.x1 - ax),
+            (ay - by, ay - self.y0),
+            (by - ay, self.y1 - ay),
+        ):
+            if p == 0:
+                if q < 0:
+                    return False
+            elif p < 0:
+                t0 = max(t0, q / p)
+            else:
+                t1 = min(t1, q / p)
+        return t0 <= t1
+
+
+def text_box(x: float, y: float, s: str, size: float, anchor: str = "start") -> Box:
+    """Box of a text element at (x, y) (y is the baseline) with the given text-anchor."""
+    w = text_width(s, size)
+    left = {"start": x, "middle": x - w / 2, "end": x - w}[anchor]
+    return Box(left, y - 0.8 * size, left + w, y + 0.25 * size)
+
+
+def esc(s: object) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def text(
+    x: float, y: float, s: str, size: float = 11, anchor: str = "start", **attrs: object
+) -> str:
+    """A <text>; keyword attributes are written as given (class_ -> class, data_x -> data-x)."""
+    extra = "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in attrs.items())
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">'
-        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">'
-        f"{html.escape(title)}</text>{body}</svg>"
+        f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size:g}" text-anchor="{anchor}"{extra}>'
+        f"{esc(s)}</text>"
     )
 
 
-def _axes(x0: float, x1: float, y0: float, y1: float, xlabel: str, ylabel: str) -> str:
-    parts = [
-        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - 10}" y2="{H - PAD}" stroke="#333"/>',
-        f'<line x1="{PAD}" y1="{H - PAD}" x2="{PAD}" y2="28" stroke="#333"/>',
-        f'<text x="{(W + PAD) / 2}" y="{H - 8}" text-anchor="middle">{html.escape(xlabel)}</text>',
-        f'<text x="12" y="{H / 2}" text-anchor="middle" transform="rotate(-90 12 {H / 2})">'
-        f"{html.escape(ylabel)}</text>",
-    ]
-    for i in range(5):
-        fx, fy = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
-        px = PAD + (W - 10 - PAD) * i / 4
-        py = H - PAD - (H - PAD - 28) * i / 4
-        parts.append(f'<text x="{px}" y="{H - PAD + 14}" text-anchor="middle">{fx:.3g}</text>')
-        parts.append(f'<text x="{PAD - 4}" y="{py + 4}" text-anchor="end">{fy:.3g}</text>')
-    return "".join(parts)
+def frame(title: str, body: str, width: float, height: float, kind: str = "chart") -> str:
+    """The <svg> element: a title on top, `body` inside, a view box of width x height."""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="{kind}" width="{width:.0f}" '
+        f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" font-family="{FONT}">'
+        + text(width / 2, 17, title, 13, "middle", font_weight="bold", class_="title")
+        + body
+        + "</svg>"
+    )
 
 
-def _scale(v: float, lo: float, hi: float, a: float, b: float) -> float:
-    return a if hi == lo else a + (v - lo) * (b - a) / (hi - lo)
+def empty(title: str, width: float, height: float, message: str = "no data") -> str:
+    return frame(
+        title, text(width / 2, height / 2, message, 12, "middle", fill="#666"), width, height
+    )
 
 
-def line_chart(
-    title: str, xs: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, ylabel: str
-) -> str:
-    """Lines with markers, one per named series, sharing the x values."""
-    vals = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
-    if not xs or not vals:
-        return _frame(title, '<text x="50%" y="50%" text-anchor="middle">no data</text>')
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(0.0, min(vals)), max(vals) * 1.05 or 1.0
-    body = [_axes(x0, x1, y0, y1, xlabel, ylabel)]
-    for i, (name, ys) in enumerate(series.items()):
-        color = COLORS[i % len(COLORS)]
-        pts = [
-            (_scale(x, x0, x1, PAD, W - 10), _scale(y, y0, y1, H - PAD, 28))
-            for x, y in zip(xs, ys, strict=True)
-            if y is not None and math.isfinite(y)
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About `n` round values covering [lo, hi] (steps of 1, 2, 2.5 or 5 x 10^k)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(n - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(s * mag for s in (1, 2, 2.5, 5, 10) if s * mag >= raw)
+    start = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    v = start
+    while v <= hi + step * 1e-9:
+        ticks.append(round(v, 12))
+        v += step
+    return ticks
+
+
+def fmt_tick(v: float) -> str:
+    return f"{v:.4g}" if v != 0 else "0"
+
+
+def fmt_power(v: float, plain: bool = False) -> str:
+    """A log10 tick as the value: -3 -> 10⁻³, log10(2e-3) -> 2×10⁻³; `plain`: 0.002."""
+    if plain:
+        return f"{10**v:.3g}"
+    e = math.floor(v + 1e-9)
+    m = 10 ** (v - e)
+    exp = "10" + str(e).translate(_SUPERSCRIPT)
+    return exp if abs(m - 1) < 1e-6 else f"{m:.2g}×{exp}"
+
+
+@dataclass
+class Plot:
+    """The data rectangle of a chart and its linear scales."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+
+    def px(self, x: float) -> float:
+        span = self.x1 - self.x0
+        return (
+            (self.left + self.right) / 2
+            if span == 0
+            else self.left + (x - self.x0) * (self.right - self.left) / span
+        )
+
+    def py(self, y: float) -> float:
+        span = self.y1 - self.y0
+        return (
+            (self.top + self.bottom) / 2
+            if span == 0
+            else self.bottom - (y - self.y0) * (self.bottom - self.top) / span
+        )
+
+    @property
+    def box(self) -> Box:
+        return Box(self.left, self.top, self.right, self.bottom)
+
+    def axes(
+        self,
+        xticks: Sequence[float],
+        yticks: Sequence[float],
+        xlabel: str,
+        ylabel: str,
+        xfmt=fmt_tick,
+        yfmt=fmt_tick,
+    ) -> str:
+        """Axis lines, light grid lines, tick labels (class "tick") and axis labels."""
+        parts = [
+            _line(self.left, self.bottom, self.right, self.bottom),
+            _line(self.left, self.bottom, self.left, self.top),
         ]
-        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-        body.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-        body += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in pts]
-        body.append(
-            f'<text x="{W - 14}" y="{34 + 14 * i}" text-anchor="end" fill="{color}">'
-            f"{html.escape(name)}</text>"
-        )
-    return _frame(title, "".join(body))
-
-
-def stacked_bars(title: str, labels: Sequence[str], stacks: dict[str, Sequence[int]]) -> str:
-    """Horizontal stacked bars (e.g. units kept/constant/folded/frozen per layer group)."""
-    row = 16
-    height = 60 + row * len(labels)
-    totals = [sum(s[i] for s in stacks.values()) for i in range(len(labels))]
-    top = max(totals, default=1) or 1
-    left, right = 150, W - 20
-    body = []
-    for i, label in enumerate(labels):
-        y = 30 + i * row
-        body.append(
-            f'<text x="{left - 6}" y="{y + 11}" text-anchor="end">{html.escape(label[:24])}</text>'
-        )
-        x = left
-        for j, (_, vals) in enumerate(stacks.items()):
-            w = (right - left) * vals[i] / top
-            if w > 0:
-                body.append(
-                    f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 3}" '
-                    f'fill="{COLORS[j % len(COLORS)]}"/>'
-                )
-            x += w
-    for j, name in enumerate(stacks):
-        body.append(
-            f'<rect x="{left + 110 * j}" y="{height - 18}" width="10" height="10" '
-            f'fill="{COLORS[j % len(COLORS)]}"/><text x="{left + 14 + 110 * j}" '
-            f'y="{height - 9}">{html.escape(name)}</text>'
-        )
-    return _frame(title, "".join(body), height=height)
-
-
-def histogram(title: str, values: Sequence[float], xlabel: str, bins: int = 30) -> str:
-    """Histogram of log10 values (scores span orders of magnitude)."""
-    logs = [math.log10(v) for v in values if v > 0 and math.isfinite(v)]
-    if not logs:
-        return _frame(title, '<text x="50%" y="50%" text-anchor="middle">no data</text>')
-    lo, hi = min(logs), max(logs) + 1e-9
-    counts = [0] * bins
-    for v in logs:
-        counts[min(int((v - lo) / (hi - lo) * bins), bins - 1)] += 1
-    top = max(counts)
-    body = [_axes(lo, hi, 0, top, f"log10 {xlabel}", "units")]
-    bw = (W - 10 - PAD) / bins
-    for i, c in enumerate(counts):
-        h = (H - PAD - 28) * c / top
-        body.append(
-            f'<rect x="{PAD + i * bw:.1f}" y="{H - PAD - h:.1f}" width="{bw - 1:.1f}" '
-            f'height="{h:.1f}" fill="{COLORS[0]}"/>'
-        )
-    return _frame(title, "".join(body))
-
-
-def layered_graph(
-    title: str, layers: list[list[tuple[str, str, str, float]]], edges: list[tuple[str, str]]
-) -> str:
-    """Nodes in columns (topological layers): key, label, tooltip, fill level in [0, 1]."""
-    cols = max(len(layers), 1)
-    rows = max((len(layer) for layer in layers), default=1)
-    width = max(W, 120 * cols + 40)
-    height = max(160, 46 * rows + 60)
-    pos = {}
-    for ci, layer in enumerate(layers):
-        for ri, (name, _, _, _) in enumerate(layer):
-            x = 20 + ci * (width - 120) / max(cols - 1, 1)
-            y = 40 + (ri + 0.5) * (height - 60) / len(layer)
-            pos[name] = (x, y)
-    body = []
-    for a, b in edges:
-        if a in pos and b in pos:
-            (x1, y1), (x2, y2) = pos[a], pos[b]
-            body.append(
-                f'<line x1="{x1 + 40}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#999" '
-                f'stroke-width="1"/>'
+        for t in xticks:
+            x = self.px(t)
+            parts.append(_line(x, self.bottom, x, self.bottom + 4))
+            parts.append(text(x, self.bottom + 15, xfmt(t), 10, "middle", class_="tick"))
+        for t in yticks:
+            y = self.py(t)
+            parts.append(_line(self.left, y, self.right, y, "#eee"))
+            parts.append(_line(self.left - 4, y, self.left, y))
+            parts.append(text(self.left - 6, y + 3.5, yfmt(t), 10, "end", class_="tick"))
+        parts.append(
+            text(
+                (self.left + self.right) / 2, self.bottom + 31, xlabel, 11, "middle", class_="label"
             )
-    for layer in layers:
-        for name, label, tip, level in layer:
-            x, y = pos[name]
-            body.append(
-                f"<g><title>{html.escape(tip)}</title>"
-                f'<rect x="{x}" y="{y - 14}" width="80" height="28" rx="4" fill="#eee" '
-                f'stroke="#555"/><rect x="{x}" y="{y - 14}" width="{80 * level:.1f}" '
-                f'height="28" rx="4" fill="{COLORS[2]}" opacity="0.6"/>'
-                f'<text x="{x + 40}" y="{y + 4}" text-anchor="middle">'
-                f"{html.escape(label[:16])}</text></g>"
+        )
+        ymid = (self.top + self.bottom) / 2
+        parts.append(
+            text(
+                13,
+                ymid,
+                ylabel,
+                11,
+                "middle",
+                class_="label",
+                transform=f"rotate(-90 13 {ymid:.1f})",
             )
-    return _frame(title, "".join(body), width=int(width), height=int(height))
+        )
+        return "".join(parts)
+
+
+def _line(x1: float, y1: float, x2: float, y2: float, color: str = "#333", extra: str = "") -> str:
+    return (
+        f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}"{extra}/>'
+    )
+
+
+def tick_width(ticks: Sequence[float], fmt=fmt_tick, size: float = 10) -> float:
+    return max((text_width(fmt(t), size) for t in ticks), default=0.0)
+
+
+@dataclass
+class LegendItem:
+    name: str
+    color: str
+    mark: str = "line"  # line (with a dot), plain (line only), box, ring, dash
+    dash: str = "5 3"  # the dash pattern of a "dash" mark
+
+
+def legend(
+    items: Sequence[LegendItem], x: float, y: float, width: float, size: float = 11
+) -> tuple[str, Box]:
+    """Swatches and names in rows from (x, y) (top-left), wrapping at `width`; the <g
+    class="legend"> and its box."""
+    parts, cx, cy, row = [], x, y, size + 6
+    right = x
+    for it in items:
+        w = 22 + text_width(it.name, size) + 14
+        if cx > x and cx + w > x + width:
+            cx, cy = x, cy + row
+        mid = cy + row / 2 - 1
+        c = it.color
+        if it.mark == "box":
+            parts.append(
+                f'<rect x="{cx + 4:.1f}" y="{mid - 5:.1f}" width="10" height="10" fill="{c}"/>'
+            )
+        elif it.mark == "ring":
+            parts.append(
+                f'<circle cx="{cx + 9:.1f}" cy="{mid:.1f}" r="5" fill="none" stroke="{c}" '
+                'stroke-width="2"/>'
+            )
+        else:
+            dash = f' stroke-dasharray="{it.dash}"' if it.mark == "dash" else ""
+            parts.append(_line(cx, mid, cx + 18, mid, c, f' stroke-width="2"{dash}'))
+            if it.mark == "line":
+                parts.append(f'<circle cx="{cx + 9:.1f}" cy="{mid:.1f}" r="2.5" fill="{c}"/>')
+        parts.append(text(cx + 22, mid + size * 0.35, it.name, size))
+        right = max(right, cx + w - 14)
+        cx += w
+    box = Box(x, y, right, cy + row)
+    return '<g class="legend">' + "".join(parts) + "</g>", box
