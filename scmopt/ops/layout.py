@@ -91,21 +91,35 @@ def target_parts(target: gs.Tensor, x: gs.Tensor) -> list[tuple[Entry, gs.Node |
 
 
 def _shape_dim(t: gs.Tensor, x: gs.Tensor) -> int | None:
-    """i when `t` is [Unsqueeze] Gather(Shape(s), i) with s's dim i equal to x's."""
+    """i when `t` is one dim of a shape: [Unsqueeze] Gather(Shape(s), i) (TorchScript) or
+    Shape(s, start=i, end=i+1) (dynamo), with s's dim i matching x's: equal when static; the
+    batch (axis 0) always; symbolic dims are trusted by position (shape inference names the
+    same run-time size differently in different tensors)."""
     node = t.inputs[0] if t.inputs else None
     if node is not None and node.op == "Unsqueeze":
         node = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
-    if node is None or node.op != "Gather" or int(node.attrs.get("axis", 0)) != 0:
+    if node is None:
         return None
-    idx = const_value(node.inputs[1])
-    src = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
-    if idx is None or idx.size != 1 or src is None or src.op != "Shape":
+    if node.op == "Shape":
+        s, i = node.inputs[0], int(node.attrs.get("start", 0))
+        end = node.attrs.get("end")
+        if end is None or int(end) - i != 1 or i < 0:
+            return None
+    elif node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0:
+        idx = const_value(node.inputs[1])
+        src = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+        if idx is None or idx.size != 1 or src is None or src.op != "Shape" or src.attrs:
+            return None
+        s, i = src.inputs[0], int(idx.ravel()[0])
+    else:
         return None
-    i = int(idx.ravel()[0])
-    s = src.inputs[0]
-    if s is not x and (s.shape is None or x.shape is None or len(s.shape) <= i
-                       or len(x.shape) <= i or s.shape[i] != x.shape[i]):  # fmt: skip
+    if s is x or i == 0:
+        return i
+    if s.shape is None or x.shape is None or len(s.shape) <= i or len(x.shape) <= i:
         return None
+    sd, xd = s.shape[i], x.shape[i]
+    if isinstance(sd, int) or isinstance(xd, int):
+        return i if sd == xd else None
     return i
 
 

@@ -70,7 +70,7 @@ class Unit:
     producers: list[tuple[str, int]]  # (node name, output channel)
     cuts: list[str]  # cut tensors where the unit is present
     frozen: str | None = None
-    kind: str = "channel"  # "channel" (conv), "neuron" (dense), "token" (FFN), "head"
+    kind: str = "neuron"  # "neuron" (dense), "channel" (conv), "token" (FFN), "head"
 
     @property
     def prunable(self) -> bool:
@@ -294,7 +294,10 @@ def _collect(model: onnx.ModelProto, ctx: Context) -> UnitGraph:
             kind = "token"
         for u in set(lay.labels):
             units[u].cuts.append(t)
-            units[u].kind = "head" if u in heads else kind
+            new = "head" if u in heads else kind
+            # a unit in several cuts (a residual stream) takes its most specific kind
+            if _KIND_RANK[new] > _KIND_RANK[units[u].kind]:
+                units[u].kind = new
     groups: dict[str, Group] = {}
     for u in units.values():
         g = groups.setdefault(u.group, Group(u.group, [], [], [], []))
@@ -307,6 +310,9 @@ def _collect(model: onnx.ModelProto, ctx: Context) -> UnitGraph:
                 g.cuts.append(t)
                 g.consumers.extend(c for c in cuts[t].consumers if c not in g.consumers)
     return UnitGraph(model, units, cuts, groups, layouts)
+
+
+_KIND_RANK = {"neuron": 0, "channel": 1, "token": 2, "head": 3}
 
 
 def _spatial(
