@@ -358,7 +358,8 @@ def transformer_ffn(seed: int = 0) -> onnx.ModelProto:
 
 
 def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str = 5,
-                    heads: int = 4) -> onnx.ModelProto:  # fmt: skip
+                    heads: int = 4, layers: int = 1,
+                    shared_target: bool = False) -> onnx.ModelProto:  # fmt: skip
     """A BERT-style encoder layer as the TorchScript exporter writes it (opset 17).
 
     x[B,T,16] -> MatMul + Add (embedding projection) -> LayerNormalization -> q, k, v =
@@ -367,6 +368,8 @@ def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str
     [0,2,3,1]) -> MatMul(q, k^T) -> Div(sqrt Dh) -> Add(mask[B,1,1,T]) -> Softmax -> MatMul(v)
     -> Transpose [0,2,1,3] -> Reshape [0, 0, 16] -> MatMul(Wo) + bo -> residual Add -> FFN
     (erf GELU) -> residual Add -> LayerNormalization -> ReduceMean over T -> Gemm (4 classes).
+    `layers` stacks the layer; `shared_target` makes every head split of every layer read one
+    run-time target (exports share such Concats), so non-uniform head counts need copies.
     """
     d, h = 16, heads
     dh = d // h
@@ -379,9 +382,18 @@ def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str
         return n.op("LayerNormalization", [x, scale, n.bias(f"{name}.bias", d)], name,
                     axis=-1, epsilon=1e-5)  # fmt: skip
 
+    shared: dict[str, str] = {}
+
     def target(name: str, tail: list[int], src: str) -> str:
         if not runtime_targets:
             return n.ints(f"{name}.shape", [0, 0, *tail])
+        if shared_target and tail != [d]:
+            if "split" not in shared:
+                shared["split"] = target_of(name, tail, src)
+            return shared["split"]
+        return target_of(name, tail, src)
+
+    def target_of(name: str, tail: list[int], src: str) -> str:
         shp = n.op("Shape", [src], f"{name}.shape_of")
         parts = []
         for i in (0, 1):
@@ -390,34 +402,42 @@ def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str
         parts.append(n.ints(f"{name}.tail", tail))
         return n.op("Concat", parts, f"{name}.target", axis=0)
 
-    a = ln(e, "ln1")
-    heads_ = {}
-    for w in ("q", "k", "v"):
-        y = n.op("MatMul", [a, n.weight(f"{w}.weight", (d, d), d, 1.0)], f"{w}_proj")
-        y = n.op("Add", [y, n.bias(f"{w}.bias", d)], f"{w}_bias")
-        y = n.op("Reshape", [y, target(f"{w}_split", [h, dh], y)], f"{w}_heads")
-        perm = [0, 2, 3, 1] if w == "k" else [0, 2, 1, 3]
-        heads_[w] = n.op("Transpose", [y], f"{w}_t", perm=perm)
-    s = n.op("MatMul", [heads_["q"], heads_["k"]], "scores")
-    s = n.op("Div", [s, n.scalar("scale", np.sqrt(dh))], "scaled")
-    s = n.op("Add", [s, "mask"], "masked")
-    s = n.op("Softmax", [s], "probs", axis=-1)
-    c = n.op("MatMul", [s, heads_["v"]], "context")
-    c = n.op("Transpose", [c], "context_t", perm=[0, 2, 1, 3])
-    c = n.op("Reshape", [c, target("merge", [d], c)], "merged")
-    o = n.op("MatMul", [c, n.weight("out.weight", (d, d), d, 1.0)], "out_proj")
-    o = n.op("Add", [o, n.bias("out.bias", d)], "out_bias")
-    r = n.op("Add", [e, o], "residual1")
-    f = n.op("MatMul", [ln(r, "ln2"), n.weight("ffn.in.weight", (d, 32), d, 1.0)], "ffn_in")
-    f = n.op("Add", [f, n.bias("ffn.in.bias", 32)], "ffn_in_bias")
-    g = n.op("Div", [f, n.scalar("sqrt2", np.sqrt(2.0))], "gelu_div")
-    g = n.op("Erf", [g], "gelu_erf")
-    g = n.op("Add", [g, n.scalar("one", 1.0)], "gelu_add")
-    g = n.op("Mul", [f, g], "gelu_mul")
-    g = n.op("Mul", [g, n.scalar("half", 0.5)], "gelu")
-    f = n.op("MatMul", [g, n.weight("ffn.out.weight", (32, d), 32, 1.0)], "ffn_out")
-    f = n.op("Add", [f, n.bias("ffn.out.bias", d)], "ffn_out_bias")
-    r = n.op("Add", [r, f], "residual2")
+    r = e
+    for layer in range(layers):
+        pre = f"l{layer}." if layers > 1 else ""
+        e = r
+        a = ln(e, f"{pre}ln1")
+        heads_ = {}
+        for w in ("q", "k", "v"):
+            y = n.op("MatMul", [a, n.weight(f"{pre}{w}.weight", (d, d), d, 1.0)], f"{pre}{w}_proj")
+            y = n.op("Add", [y, n.bias(f"{pre}{w}.bias", d)], f"{pre}{w}_bias")
+            y = n.op("Reshape", [y, target(f"{pre}{w}_split", [h, dh], y)], f"{pre}{w}_heads")
+            perm = [0, 2, 3, 1] if w == "k" else [0, 2, 1, 3]
+            heads_[w] = n.op("Transpose", [y], f"{pre}{w}_t", perm=perm)
+        s = n.op("MatMul", [heads_["q"], heads_["k"]], f"{pre}scores")
+        s = n.op("Div", [s, n.scalar(f"{pre}scale", np.sqrt(dh))], f"{pre}scaled")
+        s = n.op("Add", [s, "mask"], f"{pre}masked")
+        s = n.op("Softmax", [s], f"{pre}probs", axis=-1)
+        c = n.op("MatMul", [s, heads_["v"]], f"{pre}context")
+        c = n.op("Transpose", [c], f"{pre}context_t", perm=[0, 2, 1, 3])
+        c = n.op("Reshape", [c, target(f"{pre}merge", [d], c)], f"{pre}merged")
+        o = n.op("MatMul", [c, n.weight(f"{pre}out.weight", (d, d), d, 1.0)], f"{pre}out_proj")
+        o = n.op("Add", [o, n.bias(f"{pre}out.bias", d)], f"{pre}out_bias")
+        r = n.op("Add", [e, o], f"{pre}residual1")
+        f = n.op(
+            "MatMul",
+            [ln(r, f"{pre}ln2"), n.weight(f"{pre}ffn.in.weight", (d, 32), d, 1.0)],
+            f"{pre}ffn_in",
+        )
+        f = n.op("Add", [f, n.bias(f"{pre}ffn.in.bias", 32)], f"{pre}ffn_in_bias")
+        g = n.op("Div", [f, n.scalar(f"{pre}sqrt2", np.sqrt(2.0))], f"{pre}gelu_div")
+        g = n.op("Erf", [g], f"{pre}gelu_erf")
+        g = n.op("Add", [g, n.scalar(f"{pre}one", 1.0)], f"{pre}gelu_add")
+        g = n.op("Mul", [f, g], f"{pre}gelu_mul")
+        g = n.op("Mul", [g, n.scalar(f"{pre}half", 0.5)], f"{pre}gelu")
+        f = n.op("MatMul", [g, n.weight(f"{pre}ffn.out.weight", (32, d), 32, 1.0)], f"{pre}ffn_out")
+        f = n.op("Add", [f, n.bias(f"{pre}ffn.out.bias", d)], f"{pre}ffn_out_bias")
+        r = n.op("Add", [r, f], f"{pre}residual2")
     p = n.op("ReduceMean", [ln(r, "ln3")], "pool", axes=[1], keepdims=0)
     n.op("Gemm", [p, n.weight("head.weight", (4, d), d, 1.0), n.bias("head.bias", 4)],
          "head", out="y", transB=1)  # fmt: skip

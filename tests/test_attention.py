@@ -99,3 +99,22 @@ def test_inspect_names_heads_and_the_softmax_reason(tmp_path):
     res = CliRunner().invoke(main, ["inspect", "--json", str(path)], catch_exceptions=False)
     kinds = json.loads(res.output)["unit_kinds"]
     assert sorted(kinds.values()).count("head") == 4
+
+
+def test_non_uniform_head_counts_with_one_shared_run_time_target():
+    """Every head split of both layers reads one Concat target; removing 1 head in layer 0 and
+    3 in layer 1 rewrites each reshape's own copy."""
+    model = attention_block(runtime_targets=True, seq="T", layers=2, shared_target=True)
+    ug = units.analyze(model)
+    assert sum(u.kind == "head" for u in ug.units.values()) == 8
+    h0, h1 = ug.cuts["l0.merged"].units, ug.cuts["l1.merged"].units
+    plan = Plan().set_constant(h0[2], {"l0.merged": 0.1})
+    for u in h1[:3]:
+        plan.set_constant(u, {"l1.merged": -0.2})
+    compiled = compile_plan(ug, plan).model
+    onnx.checker.check_model(compiled, full_check=True)
+    for t in (4, 6):
+        assert _err(compiled, simulate(ug, plan), _feeds(3, t)) <= 1e-5
+    shapes = {vi.name: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+              for vi in onnx.shape_inference.infer_shapes(compiled).graph.value_info}  # fmt: skip
+    assert shapes["l0.scores"][1] == 3 and shapes["l1.scores"][1] == 1
