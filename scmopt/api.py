@@ -16,12 +16,13 @@ from scmopt import __version__
 from scmopt.analysis.align import align_plan, check_block
 from scmopt.compiler.compile import compile_plan
 from scmopt.errors import CompileMismatch, ScmoptError
-from scmopt.evaluation import certificate, validate
+from scmopt.evaluation import validate
 from scmopt.io import graph
 from scmopt.io.data import load_data, random_data
 from scmopt.ops import cost
 from scmopt.plan import Plan
 from scmopt.report import html as report
+from scmopt.report.document import Report, validation_detail
 from scmopt.runtime.hooks import simulate
 from scmopt.units.analysis import UnitGraph
 from scmopt.units.analysis import analyze as find_units
@@ -36,13 +37,18 @@ Data = str | Path | dict[str, np.ndarray] | None
 
 @dataclass
 class Result:
-    """What `compress` returns: the plan, the compiled model and every measured number."""
+    """What `compress` returns: the plan, the compiled model and every measured number.
+
+    report["fidelity"] is the number the CLI prints (scmopt.report.document.Report); kept is
+    the compiled channel map: cut -> the original channel index of each compiled channel
+    (what scmopt.evaluation.validate.evaluate_artifact needs for interventions)."""
 
     plan: Plan
     model: onnx.ModelProto
     unit_graph: UnitGraph
-    report: dict
+    report: Report
     notes: list[str] = field(default_factory=list)
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:
         graph.save(self.model, path)
@@ -214,7 +220,6 @@ def compress(
         if c.unknown:
             notes.append(f"FLOPs {when} are a lower bound{c.unknown_text()}, counted as 0")
     t3 = time.perf_counter()
-    f_orig = validate.logits(ug.model, val_feeds, batch_size)
     f_sim = validate.logits(simulate(ug, plan), val_feeds, batch_size)
     f_comp = validate.logits(compiled.model, val_feeds, batch_size)
     err = float(np.abs(f_comp - f_sim).max())
@@ -224,41 +229,25 @@ def compress(
             f"compiled model differs from the plan's simulation by {err:.3g} "
             f"(tolerance {tolerance * max(scale, 1.0):.3g}); nothing written"
         )
-    iia = validate.artifact_iia(
-        ug, plan, compiled.model, compiled.kept_positions, val_feeds, p=swap_p, seed=seed,
-        batch_size=batch_size,
-    )  # fmt: skip
-    centered = f_orig.reshape(len(f_orig), -1) - f_orig.reshape(len(f_orig), -1).mean(0)
-    risk_plain = float(
-        np.mean(np.sum((f_comp - f_orig).reshape(len(f_orig), -1) ** 2, 1))
-        / max(np.mean(np.sum(centered**2, 1)), 1e-30)
-    )
+    # every validation number on the compiled artifact, validation split, the search's draws
+    y_val = None if labels is None else labels[val]
+    m = validate.evaluate_artifact(ug, compiled.model, compiled.kept_positions, val_feeds, y_val,
+                                   p=swap_p, seed=seed, batch_size=batch_size)  # fmt: skip
     t4 = time.perf_counter()
-    fid = {
-        # the search's held-out interventional risk; not re-measured after alignment
-        "risk": None if re_kept else found.metrics.get("risk"),
-        "risk_plain": risk_plain,
-        "agreement": validate.agreement(f_orig, f_comp),
-        "iia": float(np.mean(list(iia.values()))) if iia else 1.0,
-        "iia_per_cut": iia,
-        "iia_p": swap_p,
-        "samples": int(n_val),
-        "search": found.metrics,
-        "certificate": certificate.flip_bound(f_orig, f_comp),
-    }
-    rep: dict = {
-        "scmopt_version": __version__,
-        "input": str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>",
-        "units": report.unit_counts(ug, plan),
-        "params": {"before": cost_before.params, "after": cost_after.params},
-        "flops": {
+    rep = Report(
+        scmopt_version=__version__,
+        input=str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory model>",
+        units=report.unit_counts(ug, plan),
+        params={"before": cost_before.params, "after": cost_after.params},
+        flops={
             "before": cost_before.flops,
             "after": cost_after.flops,
             "unknown": {"before": cost_before.unknown, "after": cost_after.unknown},
         },
-        "fidelity": fid,
-        "compile_max_abs_error": err,
-        "timing_s": {
+        fidelity=m.fidelity,
+        validation=validation_detail(m, p=swap_p, search=found.metrics),
+        compile_max_abs_error=err,
+        timing_s={
             "total": time.perf_counter() - t0,
             "load": t1 - t0,
             "analysis": t2 - t1,
@@ -266,12 +255,12 @@ def compress(
             "validate": t4 - t3,
             "search": dict(found.timing),  # the analysis stages
         },
-        "groups": report.group_rows(ug, plan),
-        "plan": plan.to_dict(),
-        "trajectory": found.trajectory,
-        "scores": dict(found.scores),
-        "notes": notes,
-        "settings": {
+        groups=report.group_rows(ug, plan),
+        plan=plan.to_dict(),
+        trajectory=found.trajectory,
+        scores=dict(found.scores),
+        notes=notes,
+        settings={
             "criterion": criterion,
             "fold": fold,
             "budget": budget,
@@ -283,21 +272,17 @@ def compress(
             "samples": n,
             "holdout": n_val,
         },  # fmt: skip
-    }
-    if labels is not None:
-        y = labels[val]
-        rep["accuracy"] = {
-            "before": float(np.mean(f_orig.reshape(len(y), -1).argmax(1) == y)),
-            "after": float(np.mean(f_comp.reshape(len(y), -1).argmax(1) == y)),
-            "samples": int(len(y)),
-        }
+        accuracy=None if y_val is None else
+        {"before": m.accuracy_original, "after": m.accuracy, "samples": int(len(y_val))},
+    )  # fmt: skip
     out = _with_metadata(compiled.model, plan, rep)
-    return Result(plan, out, ug, rep, notes)
+    return Result(plan, out, ug, rep, notes, dict(compiled.kept_positions))
 
 
-def _with_metadata(model: onnx.ModelProto, plan: Plan, rep: dict) -> onnx.ModelProto:
-    summary = {k: rep[k] for k in ("units", "params", "flops", "compile_max_abs_error")}
-    summary["fidelity"] = {k: rep["fidelity"][k] for k in ("risk", "agreement", "iia")}
+def _with_metadata(model: onnx.ModelProto, plan: Plan, rep: Report) -> onnx.ModelProto:
+    summary = {k: rep[k] for k in ("units", "params", "flops", "compile_max_abs_error",
+                                   "fidelity")}  # fmt: skip
+    summary.update({k: rep["validation"][k] for k in ("risk", "iia")})
     props = {p.key: p.value for p in model.metadata_props}
     props["scmopt.version"] = __version__
     props["scmopt.plan"] = plan.to_json()

@@ -280,7 +280,7 @@ def test_compress_a_model_that_runs_sample_by_sample():
     res = scmopt.compress(merged_batch_model(), inputs(64), keep=0.5, seed=0)
     assert not Runner(res.unit_graph, inputs(8), device="cpu").batched
     assert res.report["compile_max_abs_error"] < 1e-4
-    assert 0 <= res.report["fidelity"]["iia"] <= 1
+    assert 0 <= res.report["validation"]["iia"] <= 1
 
 
 @pytest.mark.parametrize("make", [lambda: head_model("const"), lambda: head_model("chain"),

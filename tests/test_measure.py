@@ -9,7 +9,8 @@ from test_batch import merged_batch_model
 from test_curvature import inputs, relu_model
 
 from models import load_split, model_path
-from scmopt.analysis.measure import Evaluator, Runner, flip_bound, measure, sites
+from scmopt.analysis.measure import Evaluator, Runner, kept_mask, measure, sites
+from scmopt.evaluation.certificate import margin_bound
 from scmopt.io import graph
 from scmopt.plan import Plan
 from scmopt.units.analysis import analyze
@@ -52,10 +53,10 @@ def test_swaps_touch_kept_units_only(cnn):
     ev = Evaluator(runner, data, seed=0)
     plan = random_plan(ug, 0.5, seed=3)
     t = sites(ug)[0]
-    mask, src = ev.swaps(0, 10, t, plan)
+    mask = ev.sampler.mask(t, kept_mask(ug, t, plan), slice(0, 10))
     removed = np.array([u in plan.removed for u in ug.cuts[t].units])
     assert not mask[:, removed].any() and mask[:, ~removed].any()
-    assert np.all(src != np.arange(10))
+    assert np.all(ev.sampler.sources != np.arange(len(ev.sampler.sources)))
 
 
 def test_fixed_batch_model_runs_per_sample_with_same_metrics():
@@ -76,9 +77,9 @@ def test_fixed_batch_model_runs_per_sample_with_same_metrics():
 
 def test_flip_bound():
     margins = np.array([0.1, 1.0, 2.0, 4.0])
-    assert flip_bound(margins, 0.0) == 0.0
+    assert margin_bound(margins, 0.0)["bound"] == 0.0
     d2 = 0.01
     e = np.linspace(1e-3, 3, 30001)
     brute = min(1.0, min(np.mean(margins <= 2 * v) + d2 / v**2 for v in e))
-    assert flip_bound(margins, d2) == pytest.approx(brute, abs=2e-3)
-    assert flip_bound(margins, 100.0) == 1.0
+    assert margin_bound(margins, d2)["bound"] == pytest.approx(brute, abs=2e-3)
+    assert margin_bound(margins, 100.0)["bound"] == 1.0

@@ -46,7 +46,7 @@ def fingerprint(model: str, rule: str) -> dict:
     coefs = [
         abs(c) for a in plan.values() for r in a["at"].values() for c in r.get("coef", {}).values()
     ]
-    fid = res.report["fidelity"]
+    fid = res.report["validation"]
     return {
         "structure_sha256": hashlib.sha256(json.dumps(structure).encode()).hexdigest(),
         "removed": len(plan),

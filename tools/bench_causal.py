@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B  # noqa: E402
+from peers import channel_map  # noqa: E402
 
 NAME = "equality_mlp"
 SETS = {"v1": ("v1",), "v2": ("v2",), "v1+v2": ("v1", "v2")}
@@ -129,10 +130,11 @@ def main() -> None:
 
     from models.equality_task import counterfactual
     from scmopt import units
+    from scmopt.evaluation.interchange import sites
 
     original = B.load_model(NAME)
     ug = units.analyze(original)
-    cuts = B.sites(ug)
+    cuts = sites(ug)
     calib, ycal = B.split(NAME, "calib")
     test, yte = B.split(NAME, "test")
     align = alignment(ug, cuts, calib["input"], args.seed)
@@ -146,7 +148,7 @@ def main() -> None:
     rows = []
 
     def add(label, model, kept, extra):
-        ev = B.evaluate(ug, model, test, yte, kept, seed=args.seed)
+        ev = B.judge(ug, model, test, yte, kept, seed=args.seed)
         extra = {**extra, "units": ev["units"], "test_agreement": ev["agreement"],
                  "iia_vs_original": ev["iia"]}  # fmt: skip
         new = causal_rows(label, ug, model, kept, cuts, align, x, src, y_cf, yte, extra)
@@ -189,7 +191,7 @@ def main() -> None:
             add(
                 f"torch-pruning magnitude keep {keep}",
                 pr.model,
-                B.kept_positions_by_bias(ug, pr.model),
+                channel_map.kept_positions_by_bias(ug, pr.model),
                 {"keep": keep},
             )
         if "onnxsim" in args.methods:
@@ -199,7 +201,7 @@ def main() -> None:
             add(
                 f"onnxsim l2 keep {keep}",
                 pr.model,
-                B.kept_positions_by_bias(ug, pr.model),
+                channel_map.kept_positions_by_bias(ug, pr.model),
                 {"keep": keep},
             )
     B.write_results(

@@ -119,7 +119,7 @@ def main() -> None:
                         B.log(name, s, label, keep, "ERROR", row["error"])
                         rows.append(row)
                         continue
-                    ev = B.evaluate(res.unit_graph, res.model, test, y, kept, seed=args.seed)
+                    ev = B.judge(res.unit_graph, res.model, test, y, kept, seed=args.seed)
                     row.update(units_total=ev["units"], test_agreement=ev["agreement"],
                                test_iia=ev["iia"], test_risk=ev["risk"],
                                test_accuracy=ev["accuracy"], seconds=secs,

@@ -78,12 +78,12 @@ def main() -> None:
                                      level=lv)
                for lv in args.levels for b in args.batches}  # fmt: skip
         for k, m in variants.items():
-            ev = B.evaluate(res.unit_graph, m, test, y, None, interventions=False)
+            ev = B.judge(res.unit_graph, m, test, y, None, interventions=False)
             row = {"model": name, "variant": k, "units": ev["units"], "params": ev["params"],
                    "flops": ev["flops"], "nodes": len(m.graph.node),
                    "test_agreement": ev["agreement"], "test_accuracy": ev["accuracy"],
                    "scmopt_seconds": secs if "scmopt" in k else None,
-                   "calib_agreement": res.report["fidelity"]["agreement"]
+                   "calib_agreement": res.report["fidelity"]
                    if k == "scmopt" else None}  # fmt: skip
             for (lv, b), v in lat.items():
                 row[f"{lv}_b{b}_ms"] = v[k]["median_ms"]

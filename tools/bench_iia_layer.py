@@ -12,7 +12,7 @@ unit is frozen for the search); `keep` of them stay. Methods, all through scmopt
   affine folds;
 - scmopt curvature+fold: the method, constants and folds fitted under the interchange
   interventions (p = 0.5).
-Each plan is compiled and evaluated on the test split by tools/benchlib.evaluate: IIA at that
+Each plan is compiled and evaluated on the test split by tools/benchlib.judge: IIA at that
 layer (each kept unit swapped with probability 0.5 between base and source, DESIGN §2), the IIA
 averaged over all cuts, and fidelity. Writes benchmarks/iia_layer.{json,csv}.
 """
@@ -71,7 +71,7 @@ def run(name: str, keep: float, seed: int) -> list[dict]:
         found = search(one, calib, keep=keep, seed=seed, **opts)
         secs = time.perf_counter() - t0
         comp = compile_plan(ug, found.plan)
-        ev = B.evaluate(ug, comp.model, test, y, comp.kept_positions, seed=seed)
+        ev = B.judge(ug, comp.model, test, y, comp.kept_positions, seed=seed)
         row = {"model": name, "cut": cut, "layer_units": len(ug.cuts[cut].units),
                "kept": len(one.prunable) - len(found.plan.removed), "method": label,
                "iia_layer": ev["iia_per_cut"][cut], "iia_mean": ev["iia"],

@@ -1,5 +1,5 @@
 """Section 5: peers at the same unit count, no retraining, same calibration inputs, same
-evaluation (tools/benchlib.evaluate on the *_test.npz split).
+evaluation (tools/benchlib.judge on the *_test.npz split).
 
     python tools/bench_peers.py
     python tools/bench_peers.py --models cnn_digits --ratios 0.3 --peers onnxsim tp
@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B  # noqa: E402
+from peers import channel_map  # noqa: E402
 
 RATIOS = [0.7, 0.6, 0.5, 0.3, 0.2, 0.1]
 
@@ -39,7 +40,7 @@ def _row(name, keep, target, method, family, model, kept, test, y, secs, **extra
 
 
 def evaluate_into(row: dict, ug, model, kept, test, y, seed) -> dict:
-    ev = B.evaluate(ug, model, test, y, kept, seed=seed)
+    ev = B.judge(ug, model, test, y, kept, seed=seed)
     row.update(
         units_total=ev["units"], reached=ev["units"] == row["target_units"],
         params=ev["params"], flops=ev["flops"], test_agreement=ev["agreement"],
@@ -99,7 +100,7 @@ def onnxsim_rows(name, keep, target, ug, test, y, calib, seed):
                 out.append(row)
                 continue
             t_prune = time.perf_counter() - t0
-            kept = B.kept_positions_by_bias(ug, pr.model)
+            kept = channel_map.kept_positions_by_bias(ug, pr.model)
             for comp in O.COMPENSATIONS:
                 label = f"onnxsim {method} {'global' if glob else 'local'}" + (
                     f" +{comp}" if comp else ""
@@ -144,7 +145,7 @@ def tp_rows(name, keep, target, ug, test, y, calib, ycalib, seed, grads_cache):
                 pr = T.to_units(tm, x, target, kind, glob, TZ.FINAL_LAYER[name], grads)
                 row.update(seconds=t_grad + time.perf_counter() - t1, ratio=pr.ratio,
                            evaluations=pr.evaluations)  # fmt: skip
-                kept = B.kept_positions_by_bias(ug, pr.model)
+                kept = channel_map.kept_positions_by_bias(ug, pr.model)
                 out.append(evaluate_into(row, ug, pr.model, kept, test, y, seed))
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"

@@ -1,6 +1,6 @@
 """Section 1: quality vs sparsity. Every zoo model x criterion x keep ratio through
 `scmopt.api.compress`; the compiled ONNX model is then evaluated on the held-out *_test.npz split
-(never used for fitting or choosing anything) by tools/benchlib.evaluate.
+(never used for fitting or choosing anything) by tools/benchlib.judge.
 
     python tools/bench_quality.py                       # all models, criteria, ratios
     python tools/bench_quality.py --models cnn_digits --ratios 0.3
@@ -54,7 +54,7 @@ def run_one(name: str, label: str, keep: float | None, seed: int, ug, test, y,
         B.log(name, label, keep, "ERROR", row["error"])
         return row
     rep = res.report
-    ev = B.evaluate(res.unit_graph, res.model, test, y, kept, seed=seed)
+    ev = B.judge(res.unit_graph, res.model, test, y, kept, seed=seed)
     row.update(
         seconds=secs,
         analysis_s=rep["timing_s"].get("analysis"),
@@ -64,9 +64,9 @@ def run_one(name: str, label: str, keep: float | None, seed: int, ug, test, y,
         folded=rep["units"]["folded"],
         params=ev["params"],
         flops=ev["flops"],
-        calib_risk=rep["fidelity"].get("risk"),
-        calib_agreement=rep["fidelity"].get("agreement"),
-        calib_iia=rep["fidelity"].get("iia"),
+        calib_risk=rep["validation"].get("risk"),
+        calib_agreement=rep.get("fidelity"),
+        calib_iia=rep["validation"].get("iia"),
         test_risk=ev["risk"],
         test_risk_plain=ev["risk_plain"],
         test_agreement=ev["agreement"],

@@ -129,7 +129,7 @@ def child(cfg: dict) -> None:
         "wall_s": wall, "analysis_s": res.report["timing_s"]["analysis"],
         "timing": res.report["timing_s"], "peak_rss_mb": max(peak[0], 0.0),
         "ru_maxrss_mb": maxrss, "rss_before_mb": rss0, "units": res.report["units"],
-        "agreement": res.report["fidelity"]["agreement"],
+        "agreement": res.report["fidelity"],
     }))  # fmt: skip
 
 

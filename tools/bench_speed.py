@@ -73,7 +73,7 @@ def greedy(name: str, keep: float, budget: float, seed: int, test, y) -> dict:
         res = greedy_search(ug, data, keep=keep, seed=seed, progress=progress)
         secs = time.perf_counter() - t0
         comp = compile_plan(ug, res.plan)
-        ev = B.evaluate(ug, comp.model, test, y, comp.kept_positions, seed=seed)
+        ev = B.judge(ug, comp.model, test, y, comp.kept_positions, seed=seed)
         out.update(greedy_s=secs, greedy_extrapolated=False, greedy_units=ev["units"],
                    greedy_test_agreement=ev["agreement"], greedy_test_iia=ev["iia"],
                    greedy_rounds_done=P - target)  # fmt: skip
@@ -118,7 +118,7 @@ def main() -> None:
                 analysis.append(res.report["timing_s"]["analysis"])
                 if s > 120:  # long runs: one is enough on a shared machine
                     break
-            ev = B.evaluate(res.unit_graph, res.model, test, y, kept, seed=args.seed)
+            ev = B.judge(res.unit_graph, res.model, test, y, kept, seed=args.seed)
             rep = res.report
             row.update({
                 f"{label}_s": statistics.median(secs),
@@ -127,7 +127,7 @@ def main() -> None:
                 f"{label}_units": ev["units"],
                 f"{label}_kept_prunable": rep["units"]["kept"] - rep["units"]["frozen"],
                 f"{label}_prunable": rep["units"]["prunable"],
-                f"{label}_calib_agreement": rep["fidelity"]["agreement"],
+                f"{label}_calib_agreement": rep["fidelity"],
                 f"{label}_test_agreement": ev["agreement"],
                 f"{label}_test_iia": ev["iia"],
                 f"{label}_timing": rep["timing_s"],

@@ -8,7 +8,7 @@ an interchange swaps each kept unit. Statistics, constants, folds and the search
 are all made under it. Here each zoo model is compressed at keep ratios with p = 0.5 (DESIGN's
 default), 0.2 and 0.05, over several seeds (each seed draws its own calibration split and
 swaps), and every compiled plan is evaluated on the test split at p = 0.5 by
-tools/benchlib.evaluate: fidelity, plain-input risk, IIA and the interventional risk. Writes
+tools/benchlib.judge: fidelity, plain-input risk, IIA and the interventional risk. Writes
 benchmarks/swap_p.{json,csv}; rows per run, and per (model, keep, p) the median and min over
 seeds.
 """
@@ -30,11 +30,11 @@ METRICS = ("test_agreement", "test_risk_plain", "test_iia", "test_risk")
 def run_one(name: str, keep: float, p: float, seed: int, test, y) -> dict:
     res, secs, kept = B.run_scmopt(str(B.model_path(name)), str(B.calib_path(name)), keep=keep,
                                    seed=seed, swap_p=p)  # fmt: skip
-    ev = B.evaluate(res.unit_graph, res.model, test, y, kept, seed=seed)
+    ev = B.judge(res.unit_graph, res.model, test, y, kept, seed=seed)
     row = {"model": name, "keep": keep, "swap_p": p, "seed": seed, "units": ev["units"],
            "seconds": secs, "test_agreement": ev["agreement"],
            "test_risk_plain": ev["risk_plain"], "test_iia": ev["iia"], "test_risk": ev["risk"],
-           "calib_risk": res.report["fidelity"].get("risk")}  # fmt: skip
+           "calib_risk": res.report["validation"].get("risk")}  # fmt: skip
     B.log(f"{name:14s} keep {keep:.2f} p {p:<4} seed {seed}: units {ev['units']} fidelity "
           f"{ev['agreement']:.3f} plain risk {ev['risk_plain']:.3f} IIA {ev['iia']:.3f} risk "
           f"{ev['risk']:.3f} ({secs:.1f}s)")  # fmt: skip

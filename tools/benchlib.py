@@ -1,14 +1,16 @@
 """Shared helpers of the benchmark scripts (tools/bench_*.py): zoo access, machine description,
-artifact-level evaluation that treats every method the same way, latency, result files.
+the one quality row every method is judged by, latency, result files.
 
 Every method (scmopt, onnxsim, Torch-Pruning, ...) is judged on its *output ONNX model* by the
-same code: units are counted by `scmopt.units.analyze(model).units` (channels of cuts, frozen
-ones included), fidelity / accuracy / normalised risk on plain test inputs, and interchange
-interventions (DESIGN §2: base and source from the same batch, one cut, each kept unit swapped
-with probability p) applied to the original and to the candidate through hooks on the
-candidate's own cut tensors, with old channel indices mapped to the candidate's channels.
-The random draws depend only on (seed, cut, batch), so every candidate sees the same
-interventions (common random numbers).
+same code, scmopt's own evaluation (scmopt.evaluation.validate.evaluate_artifact; `judge`
+only adds the counts): units are counted by `scmopt.units.analyze(model).units` (channels of
+cuts, frozen ones included), fidelity / accuracy / normalised risk on plain test inputs, and
+interchange interventions (DESIGN §2: base and source drawn over the whole split by
+scmopt.evaluation.sampler, one cut, each kept unit swapped with probability p) applied to the
+original and to the candidate through hooks on the candidate's own cut tensors, with old
+channel indices mapped to the candidate's channels (scmopt results: `Result.kept`; peers:
+tools/peers/channel_map.py). The draws depend only on (seed, split), so every candidate sees
+the same interventions (common random numbers), whatever the batch size.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from models import get_entry, load_split, model_path  # noqa: E402
 from scmopt import units  # noqa: E402
 from scmopt.io import graph  # noqa: E402
 from scmopt.ops import cost  # noqa: E402
-from scmopt.runtime.hooks import HookSpec, hook  # noqa: E402
 from scmopt.units.analysis import UnitGraph  # noqa: E402
 
 ZOO = ["mlp_digits", "cnn_digits", "resnet_digits", "mobile_digits", "equality_mlp"]
@@ -119,72 +120,6 @@ def size(model: onnx.ModelProto) -> dict:
     return {"params": cost.count_params(model), "flops": cost.count_flops(model)}
 
 
-# channel maps --------------------------------------------------------------------------------
-def _producer_biases(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """node name -> bias per output channel, for Conv / Gemm with a constant bias."""
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    out = {}
-    for n in model.graph.node:
-        if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] in inits:
-            out[n.name] = inits[n.input[2]].astype(np.float64).ravel()
-    return out
-
-
-def kept_positions_by_bias(ug: UnitGraph, candidate: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """For each cut of `ug` that `candidate` still has (same tensor name): the original channel
-    index of each of the candidate's channels. Channels are matched through the producers
-    (Conv / Gemm nodes of the same name in both models) by their bias values: removing channels
-    by slicing keeps a surviving channel's bias bit-identical (verified to be unique). Use on a
-    model whose producers were only sliced, not refitted."""
-    cand_ug = units.analyze(candidate)
-    ob, cb = _producer_biases(ug.model), _producer_biases(cand_ug.model)
-    outs = {n.name: n.output[0] for n in ug.model.graph.node}
-    cand_outs = {n.name: n.output[0] for n in cand_ug.model.graph.node}
-    to_orig: dict[str, str] = {}  # candidate unit id -> original unit id
-    for node, b in ob.items():
-        if node not in cb or outs.get(node) not in ug.layouts:
-            continue
-        lay = list(ug.layouts[outs[node]].labels)
-        clay = cand_ug.layouts.get(cand_outs.get(node, ""))
-        clay = None if clay is None else list(clay.labels)
-        if clay is None:
-            continue
-        for j, v in enumerate(cb[node]):
-            hit = np.flatnonzero(np.abs(b - v) <= 1e-6 * max(1.0, abs(v)))
-            if len(hit) != 1:
-                raise ValueError(f"cannot map channel {j} of {node}: {len(hit)} bias matches")
-            prev = to_orig.setdefault(clay[j], lay[int(hit[0])])
-            if prev != lay[int(hit[0])]:
-                raise ValueError(
-                    f"inconsistent channel map for {clay[j]} ({prev} vs {lay[hit[0]]})"
-                )
-    result: dict[str, np.ndarray] = {}
-    for t, cut in ug.cuts.items():
-        ccut = cand_ug.cuts.get(t)
-        if ccut is None:
-            continue
-        index = {u: i for i, u in enumerate(cut.units)}
-        pos = []
-        for u in ccut.units:
-            orig = to_orig.get(u, u)  # units without biased producers: same id, never pruned
-            if orig not in index:
-                raise ValueError(f"unit {orig} not in cut {t} of the original")
-            pos.append(index[orig])
-        pos_a = np.asarray(pos, dtype=np.int64)
-        if len(set(pos)) != len(pos) or np.any(np.diff(pos_a) <= 0):
-            raise ValueError(f"cut {t}: channel map is not an ordered subset ({pos[:8]}...)")
-        result[t] = pos_a
-    return result
-
-
-# evaluation ----------------------------------------------------------------------------------
-def sites(ug: UnitGraph) -> list[str]:
-    """Cuts holding prunable units, in topological order."""
-    order = {out: i for i, n in enumerate(ug.model.graph.node) for out in n.output}
-    found = [t for t, c in ug.cuts.items() if any(ug.units[u].prunable for u in c.units)]
-    return sorted(found, key=lambda t: order.get(t, -1))
-
-
 def session(model: onnx.ModelProto, threads: int = 1, level: str = "all") -> ort.InferenceSession:
     """CPU session; `level` is onnxruntime's graph optimisation level (all: default, includes
     the NCHWc layout transform of convolutions; extended: fusions without layout changes)."""
@@ -213,11 +148,7 @@ def run(model_or_sess, feeds: dict[str, np.ndarray], batch: int = 512) -> np.nda
     return np.concatenate(outs)
 
 
-def _flat(a: np.ndarray) -> np.ndarray:
-    return a.reshape(len(a), -1).astype(np.float64)
-
-
-def evaluate(
+def judge(
     ug: UnitGraph,
     candidate: onnx.ModelProto,
     feeds: dict[str, np.ndarray],
@@ -226,80 +157,23 @@ def evaluate(
     *,
     p: float = 0.5,
     seed: int = 0,
-    batch: int = 256,
     interventions: bool = True,
 ) -> dict:
-    """All quality numbers of `candidate` against the original `ug.model` on `feeds`.
+    """The benchmark row of `candidate` against `ug.model` on `feeds`: scmopt's metrics
+    (evaluate_artifact: agreement, accuracy, risk_plain, risk, iia, iia_per_cut, risk_per_cut,
+    cuts_not_mapped) plus units, parameters and FLOPs. `kept_positions` (cut -> original
+    index of each candidate channel) is needed for the interventions; where it misses a cut,
+    iia and risk are None."""
+    from scmopt.evaluation.validate import evaluate_artifact
 
-    agreement: top-1 agreement on plain inputs ("fidelity"); accuracy (labels); risk_plain:
-    E||f - f~||^2 / E||f - Ef||^2 on plain inputs; iia: mean over cuts of the interchange
-    intervention accuracy; risk: the normalised interventional risk, the mean of the plain risk
-    and the per-cut interchange risks (uniform over the null and the one-cut interventions).
-    `kept_positions` (cut -> original index of each candidate channel) is needed for the
-    interventions; without it (or when a cut is missing from the candidate) those are None.
-    """
     cand = graph.canonicalize(candidate)
-    f_o = _flat(run(ug.model, feeds))
-    f_c = _flat(run(cand, feeds))
-    var = float(np.mean(np.sum((f_o - f_o.mean(0)) ** 2, 1))) or 1e-30
-    res: dict = {
-        "agreement": float(np.mean(f_o.argmax(1) == f_c.argmax(1))),
-        "risk_plain": float(np.mean(np.sum((f_o - f_c) ** 2, 1)) / var),
-        "n": int(len(f_o)),
-    }
-    if labels is not None:
-        res["accuracy"] = float(np.mean(f_c.argmax(1) == labels))
-        res["accuracy_original"] = float(np.mean(f_o.argmax(1) == labels))
-    res.update(count_units(candidate))
-    res.update(size(candidate))
-    if not interventions:
-        return res
-    cuts = sites(ug)
-    usable = [t for t in cuts if kept_positions is not None and t in kept_positions]
-    res["iia_per_cut"], res["risk_per_cut"] = {}, {}
-    if usable:
-        specs = {t: HookSpec(patch=True) for t in usable}
-        s_o = session(hook(ug, specs).model, threads=2)
-        chans = {t: len(kept_positions[t]) for t in usable}
-        s_c = session(hook(ug, specs, model=cand, channels=chans).model, threads=2)
-        n = len(f_o)
-        for ci, t in enumerate(cuts):
-            if t not in usable:
-                continue
-            c = ug.cuts[t].channels
-            kept = np.zeros(c, bool)
-            kept[kept_positions[t]] = True
-            rng = np.random.default_rng([seed, ci])
-            hits, sq = 0, 0.0
-            for s in range(0, n, batch):
-                x = {k: v[s : s + batch] for k, v in feeds.items()}
-                b = len(next(iter(x.values())))
-                src = ((np.arange(b) + rng.integers(1, max(b, 2), size=b)) % b).astype(np.int64)
-                draw = rng.random((b, c)) < p
-                fo_in, fc_in = dict(x), dict(x)
-                for o in usable:
-                    co = ug.cuts[o].channels
-                    m = np.zeros((b, co, 1), np.float32)
-                    if o == t:
-                        m[:, :, 0] = draw & kept
-                    fo_in[f"{o}::mask"], fo_in[f"{o}::src"] = m, src
-                    fc_in[f"{o}::mask"] = np.ascontiguousarray(m[:, kept_positions[o]])
-                    fc_in[f"{o}::src"] = src
-                a = _flat(s_o.run(None, fo_in)[0])
-                bb = _flat(s_c.run(None, fc_in)[0])
-                hits += int(np.sum(a.argmax(1) == bb.argmax(1)))
-                sq += float(np.sum((a - bb) ** 2))
-            res["iia_per_cut"][t] = hits / n
-            res["risk_per_cut"][t] = sq / n / var
-    missing = [t for t in cuts if t not in usable]
-    res["cuts_not_mapped"] = missing
-    if res["iia_per_cut"] and not missing:
-        res["iia"] = float(np.mean(list(res["iia_per_cut"].values())))
-        res["risk"] = float(np.mean([res["risk_plain"], *res["risk_per_cut"].values()]))
-    else:
-        res["iia"] = None
-        res["risk"] = None
-    return res
+    m = evaluate_artifact(ug, cand, kept_positions, feeds, labels, p=p, seed=seed,
+                          interventions=interventions)  # fmt: skip
+    row = {"agreement": m.fidelity, "risk_plain": m.risk_plain, "risk": m.risk, "iia": m.iia,
+           "iia_per_cut": m.iia_per_cut, "risk_per_cut": m.risk_per_cut,
+           "accuracy": m.accuracy, "accuracy_original": m.accuracy_original, "n": m.n,
+           "cuts_not_mapped": m.unmapped}  # fmt: skip
+    return {**row, **count_units(candidate), **size(candidate)}
 
 
 # timing ------------------------------------------------------------------------------------
@@ -407,15 +281,12 @@ def calib_path(name: str) -> Path:
 
 
 def run_scmopt(model, data, **kwargs) -> tuple:
-    """(Result, wall seconds, kept positions per cut) of scmopt.api.compress(model, data, ...)."""
+    """(Result, wall seconds, kept positions per cut: Result.kept) of scmopt.compress."""
     import scmopt
-    from scmopt.compiler.compile import compile_plan
 
     t0 = time.perf_counter()
     res = scmopt.compress(model, data, **kwargs)
-    secs = time.perf_counter() - t0
-    kept = compile_plan(res.unit_graph, res.plan).kept_positions
-    return res, secs, kept
+    return res, time.perf_counter() - t0, res.kept
 
 
 def target_units(ug: UnitGraph, keep: float) -> int:

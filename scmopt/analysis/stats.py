@@ -11,8 +11,9 @@ kinds:
       E[a~_k a~_l], k != l   = ((1-p)^2 + p^2) E[a_k a_l] + 2p(1-p) mu_k mu_l
       E[a~_k^2]              = E[a_k^2]
   (products of means taken per position, then pooled);
-- swaps at ancestor sites: measured, from a fraction of the calibration batches run with one
-  random upstream interchange per sample.
+- swaps at ancestor sites: measured, from a seeded fraction of the calibration samples, each
+  run with one interchange at a random site (sources from the whole split,
+  evaluation.sampler), so the moments do not depend on the batch size.
 
 All passes run with the current plan applied (plan hooks), so downstream cuts see upstream
 replacements. Only sums are kept: per-position first moments [C, P] and pooled second moments
@@ -26,7 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scmopt.analysis.measure import Runner, ancestors, draw_sources, kept_mask, split_batches
+from scmopt.analysis.measure import Runner, ancestors, kept_mask, split_batches
+from scmopt.evaluation.interchange import interchange, take
+from scmopt.evaluation.sampler import InterventionSampler
 from scmopt.plan import Plan
 
 Progress = Callable[[str, int, int], None]
@@ -36,7 +39,7 @@ Progress = Callable[[str, int, int], None]
 class Moments:
     """Streaming sums for one cut: per-position means and position-pooled second moments.
 
-    Values are shifted by the first batch's channel means before float32 products (per-sample
+    Values are shifted by the first sample's channel means before float32 products (per-sample
     [C, P] x [P, C] matmuls), then summed in float64: fast, and no cancellation when a channel's
     mean is large against its spread. With `pooled` (dynamic spatial size) first moments are
     pooled over positions too.
@@ -60,8 +63,9 @@ class Moments:
         n, c, p = x.shape
         if n == 0:
             return
-        if self.shift is None:  # kept exactly as the float32 value subtracted below
-            self.shift = x.mean(axis=(0, 2), dtype=np.float64).astype(np.float32).astype(float)
+        if self.shift is None:  # the first sample's means, whatever the batching; kept
+            # exactly as the float32 value subtracted below
+            self.shift = x[0].mean(axis=1, dtype=np.float64).astype(np.float32).astype(float)
         y = x.astype(np.float32) - self.shift.astype(np.float32)[None, :, None]
         if self.pooled:
             self.s1[:, 0] += y.mean(axis=2, dtype=np.float64).sum(axis=0)
@@ -219,12 +223,10 @@ def collect(
     and interventions and keep joint moments of [plan; original] values, so replacements can
     be fitted toward the original's values (CutStats.target_mean, covariance(.., "o"))."""
     original = bool(original and plan is not None and plan.removed)
-    orig_feeds = runner.plan_feeds(None)
     ug = runner.ug
     sites = runner.sites
     g = len(sites)
     anc = ancestors(ug, sites)
-    pf = runner.plan_feeds(plan)
     cuts = {}
     for t in sites:
         cut = ug.cuts[t]
@@ -244,46 +246,45 @@ def collect(
         )
     n = len(next(iter(data.values())))
     batches = split_batches(n, batch_size or runner.batch_size)
-    rng = np.random.default_rng([seed, 7])
-    n_up_batches = int(round(upstream_fraction * len(batches))) if g > 1 else 0
-    up_batches = set(rng.choice(len(batches), size=n_up_batches, replace=False).tolist())
-    total = len(batches) + len(up_batches)
+    draws = InterventionSampler(n, p, seed)
+    up = draws.subset(upstream_fraction) if g > 1 else np.zeros(n, dtype=bool)
+    which = draws.sites(g)  # the one site each upstream sample is intervened on
+    total = len(batches) + sum(bool(up[b].any()) for b in batches)
     done = 0
     fsum = None
     fsq = 0.0
     keep = {t: kept_mask(ug, t, plan) for t in sites}
-    for i, b in enumerate(batches):
-        x = {k: v[b] for k, v in data.items()}
-        f, caps = runner.run(x, pf, capture=True)
+    nets = [runner.network(plan)] + ([runner.network(None)] if original else [])
+    for b in batches:
+        x = take(data, b)
+        f, caps = nets[0].run(x, capture=True)
         f = f.reshape(f.shape[0], -1).astype(np.float64)
         fsum = f.sum(0) if fsum is None else fsum + f.sum(0)
         fsq += float(np.sum(f * f))
+        base = [caps]
         if original:
-            _, ocaps = runner.run(x, orig_feeds, capture=True)
-            caps = {t: np.concatenate([caps[t], ocaps[t]], axis=1) for t in sites}
+            base.append(nets[1].run(x, capture=True)[1])
         for t in sites:
-            cuts[t].plain.add(caps[t])
+            cuts[t].plain.add(np.concatenate([c[t] for c in base], axis=1))
         done += 1
         if progress:
             progress("stats", done, total)
-        if i not in up_batches:
+        rows = np.flatnonzero(up[b])
+        if not len(rows):
             continue
-        nb = b.stop - b.start
-        brng = np.random.default_rng([seed, 11, i])
-        which = brng.integers(0, g, size=nb)  # one random site per sample
-        src = draw_sources(brng, nb)
-        masks = {}
-        for k, t in enumerate(sites):
-            u = brng.random((nb, ug.cuts[t].channels))
-            masks[t] = (u < p) & keep[t][None, :] & (which == k)[:, None]
-        _, caps = runner.run(x, pf, masks, src, capture=True)
-        if original:
-            _, ocaps = runner.run(x, orig_feeds, masks, src, capture=True)
-            caps = {t: np.concatenate([caps[t], ocaps[t]], axis=1) for t in sites}
+        idx = b.start + rows  # the upstream samples of this batch, as rows of the split
+        masks = {t: draws.mask(t, keep[t], idx) & (which[idx] == k)[:, None]
+                 for k, t in enumerate(sites)}  # fmt: skip
+        xs, xb = take(data, draws.sources[idx]), take(data, idx)
+        swapped = []
+        for net, c in zip(nets, base, strict=True):
+            src = net.run(xs, capture=True)[1]
+            bc = {t: v[rows] for t, v in c.items()}
+            swapped.append(interchange(net, xb, bc, src, masks, capture=True)[1])
         for t in sites:
-            rows = np.isin(which, [sites.index(h) for h in anc[t]])
-            if rows.any():
-                cuts[t].up.add(caps[t][rows])
+            sel = np.isin(which[idx], [sites.index(h) for h in anc[t]])
+            if sel.any():
+                cuts[t].up.add(np.concatenate([c[t][sel] for c in swapped], axis=1))
         done += 1
         if progress:
             progress("stats", done, total)

@@ -153,8 +153,6 @@ def _short(items: list[str], n: int = 4) -> str:
 def validate_cmd(original, compressed, data, runs, verbose) -> None:
     """Fidelity, accuracy, IIA, parameters, FLOPs and CPU latency of both models."""
     try:
-        import numpy as np
-
         from scmopt.api import plan_from_model, prepare_data
         from scmopt.compiler.compile import compile_plan
         from scmopt.evaluation import validate
@@ -170,24 +168,25 @@ def validate_cmd(original, compressed, data, runs, verbose) -> None:
         if list(graph.input_specs(a)) != list(graph.input_specs(b)):
             raise ScmoptError("the models have different inputs")
         feeds, labels, _ = prepare_data(a, data)
-        fa, fb = validate.logits(a, feeds), validate.logits(b, feeds)
+        one = {k: v[:1] for k, v in feeds.items()}
+        fa, fb = validate.logits(a, one), validate.logits(b, one)
         if fa.shape != fb.shape:
-            raise ScmoptError(f"output shapes differ: {fa.shape} vs {fb.shape}")
-        rows = [("samples", str(len(fa)), ""),
+            raise ScmoptError(f"output shapes differ: {fa.shape[1:]} vs {fb.shape[1:]}")
+        ug, plan = analyze(a), plan_from_model(b)
+        kept = compile_plan(ug, plan).kept_positions if plan is not None else None
+        m = validate.evaluate_artifact(ug, b, kept, feeds, labels, interventions=plan is not None)
+        rows = [("samples", str(m.n), ""),
                 ("parameters", f"{cost.count_params(a):,}", f"{cost.count_params(b):,}"),
                 ("FLOPs/sample", f"{cost.count_flops(a):,}", f"{cost.count_flops(b):,}"),
                 ("latency b=1 (ms)", f"{validate.latency_ms(a, feeds, 1, runs):.3f}",
                  f"{validate.latency_ms(b, feeds, 1, runs):.3f}"),
-                ("fidelity", "", f"{validate.agreement(fa, fb):.4f}")]  # fmt: skip
-        if labels is not None:
-            acc = [float(np.mean(f.reshape(len(f), -1).argmax(1) == labels)) for f in (fa, fb)]
-            rows.append(("accuracy", f"{acc[0]:.4f}", f"{acc[1]:.4f}"))
-        plan = plan_from_model(b)
-        if plan is not None:
-            ug = analyze(a)
-            kept = compile_plan(ug, plan).kept_positions
-            iia = validate.artifact_iia(ug, plan, b, kept, feeds)
-            rows.append(("IIA (mean over cuts)", "", f"{np.mean(list(iia.values())):.4f}"))
+                ("fidelity", "", f"{m.fidelity:.4f}"),
+                ("risk (plain inputs)", "", f"{m.risk_plain:.4g}")]  # fmt: skip
+        if m.accuracy is not None:
+            rows.append(("accuracy", f"{m.accuracy_original:.4f}", f"{m.accuracy:.4f}"))
+        if m.iia is not None:
+            rows.append(("risk (interventional)", "", f"{m.risk:.4g}"))
+            rows.append(("IIA (mean over cuts)", "", f"{m.iia:.4f}"))
         else:
             rows.append(("IIA", "", "n/a (no scmopt plan in the model's metadata)"))
         click.echo(f"{'':22s}{'original':>16s}{'compressed':>16s}")

@@ -220,7 +220,7 @@ def _stage_report(result: Any, path: str) -> Path:
 
 
 def _summary(rep: dict, report_path: str | None, out_path: str, saved: list[Path]) -> None:
-    u, fid = rep["units"], rep["fidelity"]
+    u, fid = rep["units"], rep["validation"]
     rows = [
         ("units", f"{u['total']} total: {u['kept']} kept ({u['frozen']} frozen), "
                   f"{u['constant']} constant, {u['folded']} folded"),  # fmt: skip
@@ -229,7 +229,7 @@ def _summary(rep: dict, report_path: str | None, out_path: str, saved: list[Path
         ("FLOPs/sample", f"{rep['flops']['before']:,} -> {rep['flops']['after']:,} "
                          f"({rep['flops']['after'] / max(rep['flops']['before'], 1):.1%})"),
         ("risk", num(fid.get("risk"))),
-        ("fidelity", f"{num(fid['agreement'])} (held-out n={fid['samples']}; certified "
+        ("fidelity", f"{num(rep['fidelity'])} (held-out n={fid['samples']}; certified "
                      f">= {num(1 - fid['certificate']['bound'])})"),
         ("IIA", f"{num(fid['iia'])} (p = {fid.get('iia_p', 0.5):g})"),
     ]  # fmt: skip

@@ -1,15 +1,16 @@
 """Validation on the compiled artifact itself, not only on the plan's simulation.
 
-- compile error: compiled model vs simulation on held-out inputs (the compiler's contract);
-- fidelity: top-1 agreement of compiled vs original on plain inputs;
-- IIA: the same interchange interventions (DESIGN §2) applied to the original model and to the
-  compiled one, through hooks on the compiled model's cut tensors, mapping old channel indices
-  to new ones with the plan's kept positions;
+- logits / max_abs_error: the compiled model against the plan's simulation (the compiler's
+  contract) on held-out inputs;
+- evaluate_artifact: fidelity, risks, IIA per cut, accuracy and the certificate of the
+  compiled model against the original (evaluation.metrics), under the interchange
+  interventions of DESIGN §2 drawn by evaluation.sampler: the same draws the search's held-out
+  checks use, applied to the original and, through hooks on the compiled model's cut tensors,
+  to the compiled one (old channel indices mapped to new ones with the kept positions);
 - latency: onnxruntime CPU median over repeated runs.
 
-Models exported with a fixed batch size of 1 run with a symbolic batch axis when they allow it
-(intervene.dynamic_batch), otherwise one sample per run; interchanges then add the swapped
-difference through a perturbation hook instead of gathering the source from the batch.
+Models exported with a fixed batch size run with a symbolic batch axis when they allow it
+(runtime.hooks.dynamic_batch), otherwise one sample per run; the numbers are the same.
 """
 
 from __future__ import annotations
@@ -19,8 +20,18 @@ import time
 import numpy as np
 import onnx
 
-from scmopt.plan import Plan
-from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook
+from scmopt.evaluation.interchange import (
+    HookedModel,
+    Network,
+    Progress,
+    Side,
+    compare,
+    sites,
+    split_batches,
+)
+from scmopt.evaluation.metrics import Agreement, Metrics, top1
+from scmopt.evaluation.sampler import InterventionSampler
+from scmopt.runtime.hooks import dynamic_batch
 from scmopt.runtime.sessions import accepts_batch, batched_session, run_batched, session
 from scmopt.units.analysis import UnitGraph
 
@@ -32,6 +43,7 @@ def batchable(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.Mode
 
 
 def logits(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch_size: int = 256):
+    """First output of `model` on `feeds` (CPU; one sample per run when it cannot batch)."""
     sess = batched_session(dynamic_batch(model), feeds, "cpu")
     if sess is None:
         return run_batched(session(model), feeds, 1)[0]
@@ -42,102 +54,48 @@ def max_abs_error(a: onnx.ModelProto, b: onnx.ModelProto, feeds: dict[str, np.nd
     return float(np.abs(logits(a, feeds) - logits(b, feeds)).max())
 
 
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(a.reshape(len(a), -1).argmax(1) == b.reshape(len(b), -1).argmax(1)))
-
-
-def artifact_iia(
+def evaluate_artifact(
     ug: UnitGraph,
-    plan: Plan,
-    compiled: onnx.ModelProto,
-    kept_positions: dict[str, np.ndarray],
+    candidate: onnx.ModelProto,
+    kept_positions: dict[str, np.ndarray] | None,
     feeds: dict[str, np.ndarray],
+    labels: np.ndarray | None = None,
+    *,
     p: float = 0.5,
     seed: int = 0,
     batch_size: int = 256,
-) -> dict[str, float]:
-    """IIA per cut (cuts with prunable units): original vs compiled under the same swaps."""
-    cuts = [t for t, c in ug.cuts.items() if any(ug.units[u].prunable for u in c.units)]
-    orig, comp = batchable(ug.model, feeds), batchable(compiled, feeds)
-    if orig is None or comp is None:
-        return _iia_per_sample(ug, plan, compiled, kept_positions, feeds, p, seed, cuts)
-    rng = np.random.default_rng(seed)
+    interventions: bool = True,
+    metric: Agreement = top1,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> Metrics:
+    """Metrics of `candidate` (a compiled model, or any model whose cut tensors keep the
+    original's names) against `ug.model` on `feeds`.
+
+    kept_positions: cut -> the original channel index of each of the candidate's channels
+    (scmopt.api.Result.kept). Interchanges are made at every site the map covers; when it
+    misses some (or is None), `unmapped` lists them and risk and iia are None (the per-cut
+    numbers of the mapped sites are still given). Guaranteed: with the same (feeds, p, seed)
+    the draws are those of analysis.measure.Evaluator, and no number depends on batch_size.
+    """
+    every = sites(ug) if interventions else []
+    kept_positions = kept_positions or {}
+    cuts = [t for t in every if t in kept_positions]
+    orig = HookedModel(ug, feeds, cuts=cuts, device=device)
+    comp = HookedModel(ug, feeds, model=candidate, kept=kept_positions, cuts=cuts, device=device)
     n = len(next(iter(feeds.values())))
-    specs = {t: HookSpec(patch=True) for t in cuts}
-    orig = session(hook(ug, specs, model=orig).model)
-    comp = session(hook(ug, specs, model=comp, kept=kept_positions).model)
-    result: dict[str, float] = {}
-    removed = plan.removed
+    sampler, batches = InterventionSampler(n, p, seed), split_batches(n, batch_size)
+    kept = {}
     for t in cuts:
-        cut = ug.cuts[t]
-        kept = np.array([u not in removed for u in cut.units])
-        hits = 0
-        for start in range(0, n, batch_size):
-            batch = {k: v[start : start + batch_size] for k, v in feeds.items()}
-            b = len(next(iter(batch.values())))
-            src = rng.permutation(b).astype(np.int64)
-            masks = {}
-            for other in cuts:  # only cut t is intervened on
-                c = ug.cuts[other].channels
-                m = np.zeros((b, c, 1), np.float32)
-                if other == t:
-                    m[:, :, 0] = (rng.random((b, c)) < p) & kept
-                masks[other] = m
-            f_orig = orig.run(None, {**batch, **_patch_feeds(specs, masks, src, None)})[0]
-            f_comp = comp.run(None, {**batch, **_patch_feeds(specs, masks, src, kept_positions)})[0]
-            hits += int(np.sum(f_orig.reshape(b, -1).argmax(1) == f_comp.reshape(b, -1).argmax(1)))
-        result[t] = hits / n
-    return result
-
-
-def _iia_per_sample(ug, plan, compiled, kept_positions, feeds, p, seed, cuts):
-    """artifact_iia for models that only run one sample at a time: a null pass captures every
-    cut, then each interchange adds mask * (source - base) at its cut. Sources are drawn from
-    the whole data (a permutation), swap masks as in the batched path."""
-    rng = np.random.default_rng(seed)
-    n = len(next(iter(feeds.values())))
-    specs = {t: HookSpec(perturb=True, capture=True) for t in cuts}
-    channels = {t: len(kept_positions[t]) for t in cuts}
-    hooked = {"o": hook(ug, specs), "c": hook(ug, specs, model=compiled, kept=kept_positions)}
-    sessions = {k: session(h.model) for k, h in hooked.items()}
-
-    def run(which: str, i: int, deltas: dict[str, np.ndarray]) -> list[np.ndarray]:
-        h = hooked[which]
-        x = {k: v[i : i + 1] for k, v in feeds.items()}
-        for t in cuts:
-            shape = (1, channels[t] if which == "c" else ug.cuts[t].channels, 1)
-            x[h.inputs[t]["delta"]] = deltas.get(t, np.zeros(shape, np.float32))
-        return sessions[which].run([h.model.graph.output[0].name] + [h.outputs[t] for t in cuts], x)
-
-    null = {w: [run(w, i, {}) for i in range(n)] for w in hooked}
-    result: dict[str, float] = {}
-    removed = plan.removed
-    for k, t in enumerate(cuts):
-        c = ug.cuts[t].channels
-        kept = np.array([u not in removed for u in ug.cuts[t].units])
-        src = rng.permutation(n)
-        mask = (rng.random((n, c)) < p) & kept
-        hits = 0
-        for i in range(n):
-            out = {}
-            for w in hooked:
-                cols = kept_positions[t] if w == "c" else np.arange(c)
-                base = null[w][i][1 + k].reshape(len(cols), -1)
-                diff = null[w][src[i]][1 + k].reshape(len(cols), -1) - base
-                d = (mask[i, cols][:, None] * diff).astype(np.float32)[None]
-                out[w] = run(w, i, {t: d})[0] if mask[i].any() else null[w][i][0]
-            hits += int(out["o"].reshape(-1).argmax() == out["c"].reshape(-1).argmax())
-        result[t] = hits / n
-    return result
-
-
-def _patch_feeds(specs, masks, src, kept_positions) -> dict[str, np.ndarray]:
-    feeds = {}
-    for t in specs:
-        m = masks[t] if kept_positions is None else masks[t][:, kept_positions[t]]
-        feeds[f"{t}::mask"] = np.ascontiguousarray(m)
-        feeds[f"{t}::src"] = src
-    return feeds
+        kept[t] = np.zeros(ug.cuts[t].channels, dtype=bool)
+        kept[t][np.asarray(kept_positions[t], dtype=np.int64)] = True
+    m = compare(Side(Network(orig), feeds, sampler, batches),
+                Side(Network(comp), feeds, sampler, batches), kept, labels,
+                interventions=interventions, metric=metric, progress=progress)  # fmt: skip
+    m.unmapped = [t for t in every if t not in kept_positions]
+    if m.unmapped:
+        m.risk = m.iia = None
+    return m
 
 
 def latency_ms(

@@ -1,0 +1,273 @@
+"""Running interchange interventions with sources from anywhere in the split.
+
+A `HookedModel` is a model (the unit graph's canonical one, or a compiled one whose cuts lost
+their removed channels) with a perturbation and a capture hook on every site, and optionally
+a plan hook fed M and B (runtime.hooks). An interchange at cut t of base x with source x' is
+run as two plain passes that capture t (on the bases and on the sources, wherever in the split
+they are) and one pass on the bases that adds
+
+    delta = M (mask * (a_t(x') - a_t(x)))
+
+after the plan at t: in the [N, C, P] view that is M (x + mask (x' - x)) + B, the patched cut
+of DESIGN §2 (removed units are never swapped and follow their kept parents through M). It is
+exact when each sample is intervened on at one cut at most, which holds for every intervention
+scmopt draws. Batches therefore only bound memory: the same draws give the same numbers at any
+batch size, and on models that only run one sample at a time.
+
+`Side` is one network on one split under one `InterventionSampler`; `compare` measures a
+candidate side against a reference side into `metrics.Metrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from scmopt.evaluation.metrics import Agreement, Metrics, Tally, flat, top1
+from scmopt.evaluation.sampler import InterventionSampler
+from scmopt.plan import Plan
+from scmopt.runtime import sessions as runtime
+from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook
+from scmopt.units.analysis import UnitGraph
+
+Feeds = dict[str, np.ndarray]
+Progress = Callable[[str, int, int], None]
+
+
+def sites(ug: UnitGraph) -> list[str]:
+    """Cuts with at least one prunable unit (the intervention sites), in topological order."""
+    order = {out: i for i, n in enumerate(ug.model.graph.node) for out in n.output}
+    found = [t for t, c in ug.cuts.items() if any(ug.units[u].prunable for u in c.units)]
+    return sorted(found, key=lambda t: order.get(t, -1))
+
+
+def kept_mask(ug: UnitGraph, cut: str, plan: Plan | None) -> np.ndarray:
+    """Boolean per channel: the unit is kept (only kept units are ever swapped)."""
+    removed = plan.removed if plan is not None else set()
+    return np.array([u not in removed for u in ug.cuts[cut].units])
+
+
+def split_batches(n: int, batch_size: int) -> list[slice]:
+    """Consecutive near-equal batches of at most `batch_size` samples covering 0..n."""
+    k = max(1, -(-n // max(1, batch_size)))
+    edges = np.linspace(0, n, k + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def take(data: Feeds, rows: slice | np.ndarray) -> Feeds:
+    """The samples `rows` of every array."""
+    return {k: v[rows] for k, v in data.items()}
+
+
+class HookedModel:
+    """`model` with perturbation + capture hooks on `cuts` in one onnxruntime session.
+
+    model: None for the unit graph's canonical model; a compiled model needs `kept` (cut ->
+    kept channel indices). plan_inputs: the hooks also apply a plan whose M and B are fed per
+    run. The model runs on batches when a batch of two gives the single-sample results
+    (checked on `probe`), otherwise one sample per run; results are the same either way.
+    """
+
+    def __init__(
+        self,
+        ug: UnitGraph,
+        probe: Feeds,
+        *,
+        model: onnx.ModelProto | None = None,
+        kept: dict[str, np.ndarray] | None = None,
+        cuts: list[str] | None = None,
+        plan_inputs: bool = False,
+        device: str = "auto",
+    ) -> None:
+        self.ug = ug
+        self.sites = sites(ug) if cuts is None else list(cuts)
+        src = ug.model if model is None else model
+        dyn = dynamic_batch(src)
+        self.batched = runtime.accepts_batch(dyn, probe, device)
+        specs = {t: HookSpec(plan="input" if plan_inputs else "none", perturb=True, capture=True)
+                 for t in self.sites}  # fmt: skip
+        self.hooked = hook(ug, specs, model=dyn if self.batched else src, kept=kept)
+        self.sess = runtime.session(self.hooked.model, device, spinning=False)
+        self.output = self.hooked.model.graph.output[0].name
+        self.kept = kept
+        self.channels = {
+            t: len(kept[t]) if kept is not None and t in kept else ug.cuts[t].channels
+            for t in self.sites
+        }
+
+    def run(
+        self,
+        x: Feeds,
+        fixed: Feeds | None = None,
+        deltas: dict[str, np.ndarray] | None = None,
+        capture: bool = False,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """First output and, with `capture`, every site's value [n, C, P] (this model's C).
+
+        fixed: inputs fed as they are (plan M and B); deltas: cut -> [n, C, P] added after the
+        plan (zero where absent)."""
+        n = len(next(iter(x.values())))
+        wanted = [self.output] + ([self.hooked.outputs[t] for t in self.sites] if capture else [])
+        deltas = deltas or {}
+
+        def feeds(rows: slice) -> Feeds:
+            f = {**take(x, rows), **(fixed or {})}
+            k = rows.stop - rows.start
+            for t in self.sites:
+                d = deltas.get(t)
+                f[self.hooked.inputs[t]["delta"]] = (
+                    np.zeros((k, self.channels[t], 1), np.float32)
+                    if d is None
+                    else np.ascontiguousarray(d[rows], dtype=np.float32)
+                )
+            return f
+
+        if self.batched:
+            res = self.sess.run(wanted, feeds(slice(0, n)))
+        else:
+            each = [self.sess.run(wanted, feeds(slice(i, i + 1))) for i in range(n)]
+            res = [np.concatenate([r[k] for r in each]) for k in range(len(wanted))]
+        caps = {
+            t: r.reshape(n, self.channels[t], -1) for t, r in zip(self.sites, res[1:], strict=False)
+        }
+        return res[0], caps
+
+
+class Network:
+    """A HookedModel with its fixed inputs: the original (no plan), a plan through the plan
+    hooks (`plan`), or a compiled artifact. `delta` maps a swap mask over the ORIGINAL cut's
+    channels to the perturbation this network needs."""
+
+    def __init__(self, model: HookedModel, plan: Plan | None = None, fixed: Feeds | None = None):
+        self.model = model
+        self.fixed = fixed or {}
+        self._mix: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        if plan is None:
+            return
+        for t in model.sites:
+            rows, _ = plan.cut_rows(model.ug.cuts[t])
+            folds = {i: r for i, r in rows.items() if r}
+            if folds:
+                cols = np.array(sorted({k for r in folds.values() for k in r}), dtype=np.int64)
+                at = {int(k): j for j, k in enumerate(cols)}
+                mix = np.zeros((len(folds), len(cols)), np.float32)
+                for i, r in enumerate(folds.values()):
+                    for k, a in r.items():
+                        mix[i, at[k]] += a
+                self._mix[t] = (np.array(list(folds), dtype=np.int64), cols, mix)
+
+    @property
+    def sites(self) -> list[str]:
+        return self.model.sites
+
+    def run(self, x: Feeds, deltas: dict[str, np.ndarray] | None = None,
+            capture: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+        return self.model.run(x, self.fixed, deltas, capture)
+
+    def delta(self, cut: str, mask: np.ndarray, diff: np.ndarray) -> np.ndarray:
+        """[n, C, P] perturbation at `cut` for swap `mask` [n, C_original] and the captured
+        source-minus-base values `diff` (this network's channels)."""
+        kept = self.model.kept
+        m = mask if kept is None or cut not in kept else mask[:, kept[cut]]
+        d = m[:, :, None].astype(np.float32) * diff
+        if cut in self._mix:  # folded rows follow their swapped parents: M (mask * diff)
+            rows, cols, mix = self._mix[cut]
+            d[:, rows] = np.matmul(mix, d[:, cols])
+        return d
+
+
+def interchange(net: Network, x: Feeds, base: dict[str, np.ndarray],
+                source: dict[str, np.ndarray], masks: dict[str, np.ndarray],
+                capture: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+    """`net` on bases `x` with the units of `masks` (cut -> [n, C] bool) taking the values of
+    the sources; base/source: captured site values of both. Each sample must be intervened on
+    at one cut at most (then it is exact, see the module docstring)."""
+    deltas = {t: net.delta(t, m, source[t] - base[t]) for t, m in masks.items() if m.any()}
+    return net.run(x, deltas, capture)
+
+
+class Side:
+    """One network on one split under one sampler, batch by batch.
+
+    cache=True memoises plain outputs and interchange outputs per (batch, cut, mask): for the
+    reference network, which every candidate plan is measured against (common random
+    numbers). Captures are kept for the current batch only."""
+
+    def __init__(self, net: Network, data: Feeds, sampler: InterventionSampler,
+                 batches: list[slice], cache: bool = False) -> None:  # fmt: skip
+        self.net = net
+        self.data = data
+        self.sampler = sampler
+        self.batches = batches
+        self.cache: dict | None = {} if cache else None
+        self._caps: tuple[int, dict, dict] | None = None
+
+    def _captures(self, i: int, base: dict | None = None) -> tuple[dict, dict]:
+        if self._caps is None or self._caps[0] != i:
+            b = self.batches[i]
+            if base is None:
+                base = self.net.run(take(self.data, b), capture=True)[1]
+            src = take(self.data, self.sampler.sources[b])
+            self._caps = (i, base, self.net.run(src, capture=True)[1])
+        return self._caps[1], self._caps[2]
+
+    def plain(self, i: int, capture: bool = False) -> np.ndarray:
+        """[nb, K] outputs of batch i on plain inputs (capture: keep its site values for the
+        interchanges that follow)."""
+        key = ("plain", i)
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        out, caps = self.net.run(take(self.data, self.batches[i]), capture=capture)
+        out = flat(out)
+        if capture:
+            self._caps = None
+            self._captures(i, caps)
+        if self.cache is not None:
+            self.cache[key] = out
+        return out
+
+    def swapped(self, i: int, cut: str, mask: np.ndarray) -> np.ndarray:
+        """[nb, K] outputs of batch i under the interchange at `cut` with `mask` [nb, C]."""
+        key = (i, cut, mask.tobytes())
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        base, source = self._captures(i)
+        x = take(self.data, self.batches[i])
+        out = flat(interchange(self.net, x, base, source, {cut: mask})[0])
+        if self.cache is not None:
+            self.cache[key] = out
+        return out
+
+
+def compare(
+    reference: Side,
+    candidate: Side,
+    kept: dict[str, np.ndarray],
+    labels: np.ndarray | None = None,
+    *,
+    interventions: bool = True,
+    metric: Agreement = top1,
+    progress: Progress | None = None,
+) -> Metrics:
+    """Metrics of `candidate` against `reference` on their (common) split and draws.
+
+    kept: cut -> [C] bool kept channels (of the original cut); interchanges are made at these
+    cuts, with the sampler's masks restricted to the kept units."""
+    sampler, batches = reference.sampler, reference.batches
+    cuts = list(kept) if interventions else []
+    tally = Tally(sampler.n, cuts, labels, metric)
+    total, done = len(batches) * (1 + len(cuts)), 0
+    for i, b in enumerate(batches):
+        tally.plain(b, reference.plain(i), candidate.plain(i, capture=bool(cuts)))
+        done += 1
+        if progress:
+            progress("measure", done, total)
+        for t in cuts:
+            mask = sampler.mask(t, kept[t], b)
+            tally.swap(t, b, reference.swapped(i, t, mask), candidate.swapped(i, t, mask))
+            done += 1
+            if progress:
+                progress("measure", done, total)
+    return tally.metrics(interventions)

@@ -1,0 +1,181 @@
+"""Every faithfulness number scmopt reports, computed in one place (DESIGN §2).
+
+Pure numpy on model outputs: the search's held-out checks (analysis.measure), the compiled
+artifact's validation (evaluation.validate), the CLI, the report and tools/ all end here.
+
+- agreement: the mean of a per-sample agreement score between a reference and a candidate
+  output. `top1` (argmax equal) is the metric today; any function with the `Agreement`
+  signature can be plugged in (issue 13: token-top1, cosine, rel-mse, within:N). IIA uses the
+  same agreement, under interchange interventions.
+- plain risk: E||f - f~||^2 / E||f - E f||^2 on plain inputs (f the reference).
+- interventional risk: the same distortion averaged uniformly over the null intervention and
+  the interchange at each cut, normalised by the same plain output variance.
+- IIA per cut and its mean; accuracy against labels; the flip certificate (certificate.py).
+
+`Tally` accumulates per-sample values at their row of the split and reduces them only at the
+end, so the numbers do not depend on how the split was batched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from scmopt.evaluation import certificate
+
+Agreement = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Rows = slice | np.ndarray
+
+
+def flat(outputs: np.ndarray) -> np.ndarray:
+    """[n, ...] outputs as [n, K] float64."""
+    a = np.asarray(outputs)
+    return a.reshape(len(a), int(np.prod(a.shape[1:]))).astype(np.float64)
+
+
+def top1(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """[n] per-sample top-1 agreement (1.0 when the argmax over all output values is equal)."""
+    return (flat(reference).argmax(1) == flat(candidate).argmax(1)).astype(np.float64)
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray, metric: Agreement = top1) -> float:
+    """Mean per-sample agreement of `candidate` with `reference` (top-1 fidelity by default)."""
+    scores = metric(reference, candidate)
+    return float(np.mean(scores)) if len(scores) else 1.0
+
+
+def sq_error(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """[n] per-sample squared distance ||f - f~||^2."""
+    return np.sum((flat(reference) - flat(candidate)) ** 2, axis=1)
+
+
+def output_variance(reference: np.ndarray) -> float:
+    """E||f - E f||^2 over the samples (the scale risks are normalised by)."""
+    f = flat(reference)
+    if not len(f):
+        return 0.0
+    return float(np.mean(np.sum((f - f.mean(0)) ** 2, axis=1)))
+
+
+def _normalise(value: float, variance: float) -> float:
+    return value / max(variance, 1e-30)
+
+
+def plain_risk(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """E||f - f~||^2 / E||f - E f||^2 on plain inputs."""
+    return _normalise(float(np.mean(sq_error(reference, candidate))), output_variance(reference))
+
+
+def interventional_risk(
+    plain_sq: np.ndarray, swap_sq: Mapping[str, np.ndarray], variance: float
+) -> float:
+    """Normalised risk under I = {null} + {interchange at each cut}, uniform weights: the mean
+    of the per-sample squared distances of every member, over the plain output variance."""
+    members = [np.mean(plain_sq)] + [np.mean(v) for v in swap_sq.values()]
+    return _normalise(float(np.mean(members)), variance)
+
+
+def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of samples whose top-1 output is the label."""
+    return float(np.mean(flat(outputs).argmax(1) == np.asarray(labels).reshape(-1)))
+
+
+def mean_iia(per_cut: Mapping[str, float]) -> float | None:
+    """IIA averaged over cuts (None without cuts)."""
+    return float(np.mean(list(per_cut.values()))) if per_cut else None
+
+
+@dataclass
+class Metrics:
+    """Faithfulness of a candidate against a reference on one split (all over its n samples).
+
+    fidelity: mean agreement on plain inputs; risk: interventional risk (None when measured
+    without interventions); iia: mean over cuts of iia_per_cut (1.0 without any cut when
+    interventions were on, None when off); d2: E||f - f~||^2 on plain inputs (unnormalised);
+    certificate: the flip bound of certificate.py from d2 and the reference's margins."""
+
+    risk: float | None
+    fidelity: float
+    iia: float | None
+    iia_per_cut: dict[str, float] = field(default_factory=dict)
+    risk_per_cut: dict[str, float] = field(default_factory=dict)
+    accuracy: float | None = None  # of the candidate, when labels are given
+    accuracy_original: float | None = None
+    d2: float = 0.0
+    risk_plain: float = 0.0
+    certificate: dict[str, float] = field(default_factory=dict)
+    n: int = 0
+    unmapped: list[str] = field(default_factory=list)  # cuts a candidate's map did not cover
+
+    @property
+    def flip_bound(self) -> float:
+        """The certificate's bound on P(top-1 flips)."""
+        return float(self.certificate.get("bound", 1.0))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Tally:
+    """Per-sample results of one comparison, stored at their rows of the split; `metrics()`
+    reduces them. Guaranteed: the result depends only on the per-sample values, never on
+    the order or size of the batches they arrived in."""
+
+    def __init__(
+        self,
+        n: int,
+        cuts: list[str],
+        labels: np.ndarray | None = None,
+        metric: Agreement = top1,
+    ) -> None:
+        self.n = n
+        self.cuts = list(cuts)
+        self.labels = None if labels is None else np.asarray(labels).reshape(-1)
+        self.metric = metric
+        self._ref: np.ndarray | None = None  # [n, K] reference outputs on plain inputs
+        self._plain = {"sq": np.zeros(n), "agree": np.zeros(n), "hit": np.zeros(n),
+                       "hit_ref": np.zeros(n)}  # fmt: skip
+        self._swap = {t: {"sq": np.zeros(n), "agree": np.zeros(n)} for t in self.cuts}
+
+    def plain(self, rows: Rows, reference: np.ndarray, candidate: np.ndarray) -> None:
+        """Plain-input outputs of both networks for the samples `rows` of the split."""
+        ref = flat(reference)
+        if self._ref is None:
+            self._ref = np.zeros((self.n, ref.shape[1]))
+        self._ref[rows] = ref
+        self._plain["sq"][rows] = sq_error(ref, candidate)
+        self._plain["agree"][rows] = self.metric(ref, candidate)
+        if self.labels is not None:
+            y = self.labels[rows]
+            self._plain["hit"][rows] = flat(candidate).argmax(1) == y
+            self._plain["hit_ref"][rows] = ref.argmax(1) == y
+
+    def swap(self, cut: str, rows: Rows, reference: np.ndarray, candidate: np.ndarray) -> None:
+        """Outputs of both networks under the interchange at `cut` for the samples `rows`."""
+        self._swap[cut]["sq"][rows] = sq_error(reference, candidate)
+        self._swap[cut]["agree"][rows] = self.metric(reference, candidate)
+
+    def metrics(self, interventions: bool = True) -> Metrics:
+        """The reduced numbers (interventions=False: risk and IIA are None)."""
+        ref = self._ref if self._ref is not None else np.zeros((0, 1))
+        var = output_variance(ref)
+        n = max(self.n, 1)
+        d2 = float(np.sum(self._plain["sq"])) / n
+        sq = {t: v["sq"] for t, v in self._swap.items()}
+        iia_per = {t: float(np.sum(v["agree"])) / n for t, v in self._swap.items()}
+        labelled = self.labels is not None
+        return Metrics(
+            risk=interventional_risk(self._plain["sq"], sq, var) if interventions else None,
+            fidelity=float(np.sum(self._plain["agree"])) / n,
+            iia=(mean_iia(iia_per) if iia_per else 1.0) if interventions else None,
+            iia_per_cut=iia_per,
+            risk_per_cut={t: _normalise(float(np.mean(v)), var) for t, v in sq.items()},
+            accuracy=float(np.sum(self._plain["hit"])) / n if labelled else None,
+            accuracy_original=float(np.sum(self._plain["hit_ref"])) / n if labelled else None,
+            d2=d2,
+            risk_plain=_normalise(d2, var),
+            certificate=certificate.margin_bound(certificate.margins(ref), d2),
+            n=self.n,
+        )  # fmt: skip
