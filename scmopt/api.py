@@ -14,6 +14,8 @@ import onnx
 
 from scmopt import __version__
 from scmopt.analysis.align import align_plan, check_block
+from scmopt.analysis.criteria import CRITERIA as ALL_CRITERIA
+from scmopt.analysis.criteria import criterion as get_criterion
 from scmopt.compiler.compile import compile_plan
 from scmopt.errors import CompileMismatch, ScmoptError
 from scmopt.evaluation import validate
@@ -30,7 +32,7 @@ from scmopt.units.analysis import analyze as find_units
 if TYPE_CHECKING:
     from scmopt.analysis.search import SearchResult
 
-CRITERIA = ("curvature", "layer", "variance", "magnitude", "random", "ablation")
+CRITERIA = tuple(ALL_CRITERIA)
 Progress = Callable[[str, int, int], None]
 Data = str | Path | dict[str, np.ndarray] | None
 
@@ -125,8 +127,7 @@ def _search(ug: UnitGraph, feeds: dict[str, np.ndarray], *, criterion: str,
     from scmopt.analysis.config import SearchConfig
     from scmopt.analysis.search import search
 
-    if criterion not in CRITERIA:
-        raise ScmoptError(f"unknown criterion {criterion!r} (one of {', '.join(CRITERIA)})")
+    get_criterion(criterion)
     return search(ug, feeds, SearchConfig(criterion=criterion, **options), progress=progress)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scmopt.analysis import curvature as curv
-from scmopt.analysis.stats import CutStats
+from scmopt.analysis.stats import CutStats, Values
 from scmopt.units.analysis import UnitGraph
 
 
@@ -49,22 +49,24 @@ def fit_cut(
     max_coef: int = 6,
     pool: int = 16,
     ridge: float = 1e-3,
-    target: str = "o",
+    target: Values = Values.ORIGINAL,
 ) -> dict[str, Fit]:
     """Constant and (optionally) fold of every target unit at cut `cs.cut`; predictors are the
-    kept units of the cut other than the target. target "o": fit toward the original network's
-    values (when the statistics hold them, see stats.collect), "p": toward the plan's."""
+    kept units of the cut other than the target. target ORIGINAL: fit toward the original
+    network's values (when the statistics hold them, see stats.collect), PLAN: the plan's."""
     cut = ug.cuts[cs.cut]
     first: dict[str, list[int]] = {}
     for i, u in enumerate(cut.units):
         first.setdefault(u, []).append(i)
     mu = cs.mean  # predictors: the plan's values
     var = cs.variance
-    tmu = cs.target_mean if target == "o" else mu  # targets: original values (when measured)
-    tvar = cs.target_variance if target == "o" else var
+    tmu = (
+        cs.target_mean if target == Values.ORIGINAL else mu
+    )  # targets: original values (when measured)
+    tvar = cs.target_variance if target == Values.ORIGINAL else var
     cov1 = cov2 = None
     if fold:
-        cov1, cov2 = cs.covariance(1, "p", target), cs.covariance(2)
+        cov1, cov2 = cs.covariance(1, Values.PLAN, target), cs.covariance(2)
     kept_idx = np.array([first[u][0] for u in first if u in kept and var[first[u][0]] > 0])
     memo = cs.memo.setdefault(("fold", target), {})
     fits = {}

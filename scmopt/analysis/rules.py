@@ -14,6 +14,7 @@ import numpy as np
 
 from scmopt.analysis.criteria import criterion as get_criterion
 from scmopt.analysis.measure import Metrics
+from scmopt.analysis.stats import Values
 from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
 
@@ -70,7 +71,9 @@ def keep_mode(s: _Search, target: int, rounds: int, step: int | None, traj: list
         m = None
         if step is None and s.targets():  # toward the original's or the plan's values
             m = s.measure(plan)
-            alt_units, alt, alt_pred = s.choose(s.retarget(sc, "p"), count=n, target="p")
+            alt_units, alt, alt_pred = s.choose(
+                s.retarget(sc, Values.PLAN), count=n, target=Values.PLAN
+            )
             if alt_units:
                 m_alt = s.measure(alt)
                 if m_alt.risk < m.risk:
@@ -179,11 +182,11 @@ def budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[dic
         trace: list[float] = []
         if calibrated:  # the joint model's own budget: half of what is left
             units, plan, pred = s.choose(sc, budget=0.5 * (value - cur) / cal, trace=trace,
-                                         target="p")  # fmt: skip
+                                         target=Values.PLAN)  # fmt: skip
             if not units:
-                units, plan, pred = s.choose(sc, count=1, trace=trace, target="p")
+                units, plan, pred = s.choose(sc, count=1, trace=trace, target=Values.PLAN)
         else:
-            units, plan, pred = s.choose(sc, count=n, trace=trace, target="p")
+            units, plan, pred = s.choose(sc, count=n, trace=trace, target=Values.PLAN)
         while units:
             m = s.measure(plan, interventions=rule != "min_fidelity")
             ok = s.meets(plan, m)
@@ -204,6 +207,6 @@ def budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[dic
                 break
             units = units[: len(units) // 2]  # the greedy order's prefix, refitted
             pred = trace[len(units) - 1] if units and trace else float("nan")
-            plan = s.extend(sc, units, "p") if units else plan
+            plan = s.extend(sc, units, Values.PLAN) if units else plan
         if not accepted:
             break

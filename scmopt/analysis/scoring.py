@@ -25,7 +25,7 @@ import numpy as np
 from scmopt.analysis import curvature as curv
 from scmopt.analysis.criteria import criterion as get_criterion
 from scmopt.analysis.fits import Fit, fit_cut
-from scmopt.analysis.stats import CutStats, Stats
+from scmopt.analysis.stats import CutStats, Stats, Values
 from scmopt.plan import Plan
 from scmopt.units.analysis import UnitGraph
 
@@ -98,7 +98,9 @@ def _cost(stats: Stats, kappa: dict[str, np.ndarray], at: dict[str, Fit], out_va
                for t, f in at.items()) / out_var  # fmt: skip
 
 
-def residual_cov(cs: CutStats, fits: list[Fit], fold: bool, target: str = "o") -> np.ndarray:
+def residual_cov(
+    cs: CutStats, fits: list[Fit], fold: bool, target: Values = Values.ORIGINAL
+) -> np.ndarray:
     """E_I[d_u d_v] (within-position, pooled) for the residuals d = a - r of `fits` at one cut.
     Removed units are never swapped, their predictors are: target-target pairs use plain
     moments, target-predictor pairs the one-swapped ones, predictor pairs the two-swapped.
@@ -115,7 +117,7 @@ def residual_cov(cs: CutStats, fits: list[Fit], fold: bool, target: str = "o") -
     for i, r in enumerate(folded):
         k = len(fits[r].pred_idx)
         idx[i, :k], coef[i, :k] = fits[r].pred_idx, -fits[r].coef
-    c1, c2 = cs.covariance(1, target, "p"), cs.covariance(2)
+    c1, c2 = cs.covariance(1, target, Values.PLAN), cs.covariance(2)
     cross = np.einsum("mkw,kw->mk", c1[ch][:, idx], coef)  # target u x fold r
     rows = np.einsum("kw,kwc->kc", coef, c2[idx])  # each fold's combination of C2 rows
     inner = np.einsum("klv,lv->kl", rows[:, idx], coef)
@@ -138,7 +140,7 @@ def select(
     budget: float | None = None,
     allowed: Callable[[str, list[str]], bool] = lambda u, chosen: True,
     trace: list[float] | None = None,
-    target: str = "o",
+    target: Values = Values.ORIGINAL,
     leaning: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> tuple[list[str], dict[str, dict[str, Fit]], float]:
     """Greedy removal in the second-order model, one unit at a time: the cost of removing j
@@ -282,7 +284,7 @@ class Scorer:
         self.norms = {t: curv.consumer_norms(ug, t) for t in self.sites}
 
     def fits(self, stats: Stats, kept: set[str], candidates: list[str], fold: bool,
-             target: str = "o"):  # fmt: skip
+             target: Values = Values.ORIGINAL):  # fmt: skip
         """Fits of every candidate at every cut it occupies; predictors from `kept`."""
         cand = set(candidates)
         out: dict[str, dict[str, Fit]] = {u: {} for u in candidates}

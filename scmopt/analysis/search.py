@@ -46,7 +46,7 @@ from scmopt.analysis.curvature import coupling as curv_coupling
 from scmopt.analysis.measure import Evaluator, Metrics, Runner
 from scmopt.analysis.rules import budget_mode, keep_mode, meets_rule, polish_plan, shrink_folds
 from scmopt.analysis.scoring import Fit, Scorer, Scores, apply, risks, select
-from scmopt.analysis.stats import collect
+from scmopt.analysis.stats import Values, collect
 from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
 from scmopt.units.analysis import UnitGraph
@@ -256,7 +256,7 @@ class _Search:
                                    fold_risk=folded, action=action, fits=fits)  # fmt: skip
 
     def choose(self, sc: Scores, count: int | None = None, budget: float | None = None,
-               trace: list[float] | None = None, target: str = "o",
+               trace: list[float] | None = None, target: Values = Values.ORIGINAL,
                ) -> tuple[list[str], Plan, float]:  # fmt: skip
         """Units to remove now and the resulting plan. Criteria with a risk model use the lazy
         greedy of scoring.select; magnitude and random take their ranking's prefix."""
@@ -308,7 +308,7 @@ class _Search:
         _substitute(plan, set(units))
         return plan
 
-    def extend(self, sc: Scores, units: list[str], target: str = "o") -> Plan:
+    def extend(self, sc: Scores, units: list[str], target: Values = Values.ORIGINAL) -> Plan:
         """The current plan plus `units`, refitted onto the units that stay kept."""
         gone = self.plan.removed | set(units)
         kept = {u for u in self.ug.units if u not in gone}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -33,6 +34,14 @@ from scmopt.evaluation.sampler import InterventionSampler
 from scmopt.plan import Plan
 
 Progress = Callable[[str, int, int], None]
+
+
+class Values(str, Enum):
+    """Whose values a moment or fit target refers to: the network under the current plan, or
+    the original network on the same inputs and interventions (collected when asked)."""
+
+    PLAN = "p"
+    ORIGINAL = "o"
 
 
 @dataclass
@@ -128,7 +137,7 @@ class CutStats:
 
     def _rows(self, which: str) -> slice:
         c = self.channels
-        return slice(c, 2 * c) if self.original and which == "o" else slice(0, c)
+        return slice(c, 2 * c) if self.original and which == Values.ORIGINAL else slice(0, c)
 
     def _mean_all(self) -> np.ndarray:
         wp, ws, wu = self._weights()
@@ -140,14 +149,14 @@ class CutStats:
     @property
     def mean(self) -> np.ndarray:
         """[C, P] per-position means under I (swaps at the cut leave them unchanged)."""
-        return self._mean_all()[self._rows("p")]
+        return self._mean_all()[self._rows(Values.PLAN)]
 
     @property
     def target_mean(self) -> np.ndarray:
         """[C, P] means of the ORIGINAL network's values (the plan's without `original`)."""
-        return self._mean_all()[self._rows("o")]
+        return self._mean_all()[self._rows(Values.ORIGINAL)]
 
-    def second(self, swapped: int, a: str = "p", b: str = "p") -> np.ndarray:
+    def second(self, swapped: int, a: Values = Values.PLAN, b: Values = Values.PLAN) -> np.ndarray:
         """E_I[a a^T] pooled, for off-diagonal pairs of which `swapped` (0, 1, 2) units are
         swapped when this cut is intervened on (diagonal entries: always E[a^2]). a, b: rows
         and columns from the plan's ("p") or the original network's ("o") values."""
@@ -170,7 +179,9 @@ class CutStats:
             out = out + wu * self.up.second[ra, rb]
         return out
 
-    def covariance(self, swapped: int, a: str = "p", b: str = "p") -> np.ndarray:
+    def covariance(
+        self, swapped: int, a: Values = Values.PLAN, b: Values = Values.PLAN
+    ) -> np.ndarray:
         """Within-position covariance under I (the per-position intercepts absorb the means)."""
         cache = self.memo
         key = ("cov", swapped, a, b)
@@ -188,7 +199,7 @@ class CutStats:
     @property
     def target_variance(self) -> np.ndarray:
         """[C] within-position variance of the original network's values."""
-        return np.clip(np.diag(self.covariance(0, "o", "o")), 0.0, None)
+        return np.clip(np.diag(self.covariance(0, Values.ORIGINAL, Values.ORIGINAL)), 0.0, None)
 
     @property
     def positions(self) -> float:
