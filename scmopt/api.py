@@ -17,6 +17,7 @@ from scmopt.analysis.align import align_plan, check_block
 from scmopt.analysis.criteria import CRITERIA as ALL_CRITERIA
 from scmopt.analysis.criteria import criterion as get_criterion
 from scmopt.compiler.compile import compile_plan
+from scmopt.compiler.cost_guard import never_larger
 from scmopt.errors import CompileMismatch, ScmoptError
 from scmopt.evaluation import validate
 from scmopt.io import graph
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from scmopt.analysis.search import SearchResult
 
 CRITERIA = tuple(ALL_CRITERIA)
+DEFAULT_MIN_FIDELITY = 0.99  # the CLI's and the API's rule when none is given
 Progress = Callable[[str, int, int], None]
 Data = str | Path | dict[str, np.ndarray] | None
 
@@ -51,6 +53,7 @@ class Result:
     report: Report
     notes: list[str] = field(default_factory=list)
     kept: dict[str, np.ndarray] = field(default_factory=dict)
+    missed: str | None = None  # the rule the run could not meet on the validation split
 
     def save(self, path: str | Path) -> None:
         graph.save(self.model, path)
@@ -158,6 +161,8 @@ def compress(
     swap_p: float = 0.5,
     plan: Plan | SearchResult | None = None,
     on_plan: Callable[[SearchResult], None] | None = None,
+    certify: float | None = None,
+    delta: float = 0.05,
 ) -> Result:
     """Finds a sparse causal abstraction of `model` and compiles it.
 
@@ -176,10 +181,24 @@ def compress(
     `on_plan(search_result)` is called as soon as the search ends (before `align`, compile and
     validation): a checkpoint. `plan` (a Plan, or a SearchResult such a callback got) skips the
     search: it is aligned, compiled and measured as if the search had just returned it.
+    Without a rule the CLI's default holds: min_fidelity 0.99. `certify` F0 accepts a plan only
+    when the anytime-valid lower bound (level `delta`, validation split) on its fidelity is
+    >= F0. A fidelity target or certificate missed on the validation split is searched again
+    with a stricter target (at most twice); if it still misses, `Result.missed` says so (the
+    CLI exits 4). The compiled model is never larger than the original (compiler.cost_guard).
     """
     t0 = time.perf_counter()
     if align is not None:
         check_block(align)
+    if certify is not None and not 0 < certify < 1:
+        raise ScmoptError(f"--certify must be in (0, 1), not {certify}")
+    if not 0 < delta < 1:
+        raise ScmoptError(f"--delta must be in (0, 1), not {delta}")
+    rules = (budget, min_fidelity, min_iia, keep, certify)
+    if certify is not None and any(r is not None for r in rules[:4]):
+        raise ScmoptError("--certify is a stopping rule: give no other")
+    if plan is None and all(r is None for r in rules):
+        min_fidelity = DEFAULT_MIN_FIDELITY
     original = _model(model)
     ug = find_units(original)
     feeds, labels, notes = prepare_data(ug.model, data, samples, seed)
@@ -193,47 +212,35 @@ def compress(
     # are reported)
     cost_before = cost.model_cost(ug.model, {k: v[:1] for k, v in fit_feeds.items()}, device)
     t1 = time.perf_counter()
-    if plan is None:
-        found = _search(
-            ug, fit_feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia,
-            keep=keep, criterion=criterion, fold=fold, batch_size=batch_size, device=device,
-            seed=seed, progress=progress, p=swap_p,
-        )  # fmt: skip
-        if on_plan is not None:
-            on_plan(found)
-    else:  # a saved search: no search again
-        from scmopt.analysis.search import SearchResult
+    saved = plan
+    target = certify if certify is not None else min_fidelity
+    missed: str | None = None
+    for _attempt in range(3):
+        t1 = time.perf_counter()
+        if saved is None:
+            found = _search(
+                ug, fit_feeds, budget=budget, min_fidelity=target, min_iia=min_iia,
+                keep=keep, criterion=criterion, fold=fold, batch_size=batch_size,
+                device=device, seed=seed, progress=progress, p=swap_p,
+            )  # fmt: skip
+            if on_plan is not None:
+                on_plan(found)
+        else:  # a saved search: no search again
+            from scmopt.analysis.search import SearchResult
 
-        found = plan if isinstance(plan, SearchResult) else SearchResult(plan)
-        found.plan.validate(ug)
-    plan = found.plan
-    re_kept = 0
-    if align is not None:
-        plan = align_plan(ug, plan, found.scores, align)
-        re_kept = len(found.plan.actions) - len(plan.actions)
-        if re_kept:
-            notes.append(f"align {align}: {re_kept} removed units re-kept so convolutional cuts "
-                         f"keep multiples of {align} channels")  # fmt: skip
-    t2 = time.perf_counter()
-    compiled = compile_plan(ug, plan)
-    cost_after = cost.model_cost(compiled.model, {k: v[:1] for k, v in val_feeds.items()}, device)
-    for when, c in (("before", cost_before), ("after", cost_after)):
-        if c.unknown:
-            notes.append(f"FLOPs {when} are a lower bound{c.unknown_text()}, counted as 0")
-    t3 = time.perf_counter()
-    f_sim = validate.logits(simulate(ug, plan), val_feeds, batch_size)
-    f_comp = validate.logits(compiled.model, val_feeds, batch_size)
-    err = float(np.abs(f_comp - f_sim).max())
-    scale = float(np.abs(f_sim).max()) or 1.0
-    if err > tolerance * max(scale, 1.0):
-        raise CompileMismatch(
-            f"compiled model differs from the plan's simulation by {err:.3g} "
-            f"(tolerance {tolerance * max(scale, 1.0):.3g}); nothing written"
-        )
-    # every validation number on the compiled artifact, validation split, the search's draws
-    y_val = None if labels is None else labels[val]
-    m = validate.evaluate_artifact(ug, compiled.model, compiled.kept_positions, val_feeds, y_val,
-                                   p=swap_p, seed=seed, batch_size=batch_size)  # fmt: skip
+            found = saved if isinstance(saved, SearchResult) else SearchResult(saved)
+            found.plan.validate(ug)
+        plan, compiled, cost_after, t2, t3, err, m, y_val = _build(
+            ug, found, align, notes, cost_before, val_feeds, labels, val, batch_size, device,
+            tolerance, swap_p, seed,
+        )  # fmt: skip
+        missed = _missed(m, min_fidelity, certify, delta, seed)
+        if missed is None or saved is not None or target is None or target >= 1.0:
+            break
+        notes.append(f"{missed}: searching again with a stricter target")
+        target = min(1.0, target + (1.0 - target) / 2)  # halve the allowed disagreement
+    if missed is not None:
+        notes.append(f"warning: {missed}")
     t4 = time.perf_counter()
     rep = Report(
         scmopt_version=__version__,
@@ -246,7 +253,8 @@ def compress(
             "unknown": {"before": cost_before.unknown, "after": cost_after.unknown},
         },
         fidelity=m.fidelity,
-        validation=validation_detail(m, p=swap_p, search=found.metrics),
+        validation=validation_detail(m, p=swap_p, search=found.metrics, delta=delta,
+                                     seed=seed),  # fmt: skip
         compile_max_abs_error=err,
         timing_s={
             "total": time.perf_counter() - t0,
@@ -268,6 +276,8 @@ def compress(
             "min_fidelity": min_fidelity,
             "min_iia": min_iia,
             "keep": keep,
+            "certify": certify,
+            "delta": delta,
             "seed": seed,
             "swap_p": swap_p,
             "samples": n,
@@ -277,7 +287,57 @@ def compress(
         {"before": m.accuracy_original, "after": m.accuracy, "samples": int(len(y_val))},
     )  # fmt: skip
     out = _with_metadata(compiled.model, plan, rep)
-    return Result(plan, out, ug, rep, notes, dict(compiled.kept_positions))
+    return Result(plan, out, ug, rep, notes, dict(compiled.kept_positions), missed)
+
+
+def _build(ug, found, align, notes, cost_before, val_feeds, labels, val, batch_size, device,
+           tolerance, swap_p, seed):  # fmt: skip
+    """Aligns, guards the size of, compiles and validates a search's plan (see compress)."""
+    plan = found.plan
+    if align is not None:
+        plan = align_plan(ug, plan, found.scores, align)
+        re_kept = len(found.plan.actions) - len(plan.actions)
+        if re_kept:
+            notes.append(f"align {align}: {re_kept} removed units re-kept so convolutional cuts "
+                         f"keep multiples of {align} channels")  # fmt: skip
+    t2 = time.perf_counter()
+    sample = {k: v[:1] for k, v in val_feeds.items()}
+    guarded = never_larger(ug, plan, cost_before,
+                           lambda c: cost.model_cost(c.model, sample, device))  # fmt: skip
+    plan, compiled, cost_after = guarded.plan, guarded.compiled, guarded.cost
+    notes.extend(guarded.notes)
+    for when, c in (("before", cost_before), ("after", cost_after)):
+        if c.unknown:
+            notes.append(f"FLOPs {when} are a lower bound{c.unknown_text()}, counted as 0")
+    t3 = time.perf_counter()
+    f_sim = validate.logits(simulate(ug, plan), val_feeds, batch_size)
+    f_comp = validate.logits(compiled.model, val_feeds, batch_size)
+    err = float(np.abs(f_comp - f_sim).max())
+    scale = float(np.abs(f_sim).max()) or 1.0
+    if err > tolerance * max(scale, 1.0):
+        raise CompileMismatch(
+            f"compiled model differs from the plan's simulation by {err:.3g} "
+            f"(tolerance {tolerance * max(scale, 1.0):.3g}); nothing written"
+        )
+    # every validation number on the compiled artifact, validation split, the search's draws
+    y_val = None if labels is None else labels[val]
+    m = validate.evaluate_artifact(ug, compiled.model, compiled.kept_positions, val_feeds, y_val,
+                                   p=swap_p, seed=seed, batch_size=batch_size)  # fmt: skip
+    return plan, compiled, cost_after, t2, t3, err, m, y_val
+
+
+def _missed(m, min_fidelity: float | None, certify: float | None, delta: float,
+            seed: int) -> str | None:  # fmt: skip
+    """Why the validated plan misses the user's rule on the validation split, or None."""
+    if certify is not None:
+        lower = m.confidence(delta, seed)["fidelity"]["lower"]
+        if lower < certify:
+            return (f"certified fidelity {lower:.4f} < --certify {certify} on the validation "
+                    f"split (n={m.n}, delta {delta})")  # fmt: skip
+    elif min_fidelity is not None and m.fidelity < min_fidelity:
+        return (f"target missed on the validation split: fidelity {m.fidelity:.4f} < "
+                f"--min-fidelity {min_fidelity} (n={m.n})")  # fmt: skip
+    return None
 
 
 def _with_metadata(model: onnx.ModelProto, plan: Plan, rep: Report) -> onnx.ModelProto:

@@ -106,7 +106,9 @@ def test_without_data_says_statistics_are_not_meaningful(tmp_path):
 
 
 def test_compile_mismatch_exits_3_and_writes_nothing(tmp_path, calib, monkeypatch):
-    real = scmopt.api.compile_plan
+    import scmopt.compiler.cost_guard as guard
+
+    real = guard.compile_plan
 
     def broken(ug, plan):
         compiled = real(ug, plan)
@@ -115,7 +117,7 @@ def test_compile_mismatch_exits_3_and_writes_nothing(tmp_path, calib, monkeypatc
         init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
         return compiled
 
-    monkeypatch.setattr(scmopt.api, "compile_plan", broken)
+    monkeypatch.setattr(guard, "compile_plan", broken)
     out = tmp_path / "o.onnx"
     res = CliRunner().invoke(main, [CNN, str(out), "--data", calib, "--keep", "0.5", "-q"])
     assert res.exit_code == 3 and "simulation" in res.output

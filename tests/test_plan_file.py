@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import scmopt.api
+import scmopt.compiler.cost_guard
 from models import load_split, model_path
 from scmopt.cli import main, progress
 from scmopt.plan import Plan
@@ -86,7 +87,7 @@ def test_kill_during_compile_leaves_the_plan_and_plan_recompiles_it(tmp_path, re
         raise Killed
 
     with monkeypatch.context() as m:
-        m.setattr(scmopt.api, "compile_plan", killed)
+        m.setattr(scmopt.compiler.cost_guard, "compile_plan", killed)
         with pytest.raises(Killed):
             CliRunner().invoke(main, [CNN, str(out), "--data", calib, "--keep", "0.4",
                                       "--seed", "3", "-q"])  # fmt: skip
@@ -148,13 +149,13 @@ def test_progress_lines_without_a_terminal(reference):
 def test_heartbeat_lines_while_a_stage_is_silent(tmp_path, calib, monkeypatch):
     """A stage that reports nothing (here a slow compile) still gets a line per heartbeat."""
     monkeypatch.setattr(progress, "HEARTBEAT_S", 0.05)
-    real = scmopt.api.compile_plan
+    real = scmopt.compiler.cost_guard.compile_plan
 
     def slow(*args, **kwargs):
         time.sleep(0.5)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(scmopt.api, "compile_plan", slow)
+    monkeypatch.setattr(scmopt.compiler.cost_guard, "compile_plan", slow)
     res = CliRunner().invoke(main, [CNN, str(tmp_path / "o.onnx"), "--data", calib, "--keep",
                                     "0.5"])  # fmt: skip
     assert res.exit_code == 0, res.output

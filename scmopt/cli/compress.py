@@ -17,7 +17,7 @@ from scmopt.cli.progress import Progress
 from scmopt.errors import ScmoptError
 from scmopt.io import graph
 
-SEARCH_ONLY = ("budget", "min_fidelity", "min_iia", "keep", "criterion", "no_fold")
+SEARCH_ONLY = ("budget", "min_fidelity", "min_iia", "keep", "certify", "criterion", "no_fold")
 REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align")  # --plan: saved unless given
 
 
@@ -33,6 +33,12 @@ REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align")  # --plan: saved
               help="min interchange-intervention accuracy")  # fmt: skip
 @click.option("--keep", type=click.FloatRange(0, 1, min_open=True),
               help="fraction of prunable units to keep")  # fmt: skip
+@click.option("--certify", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="accept a plan only when its fidelity's anytime-valid lower bound on the "
+              "validation split is >= F0")  # fmt: skip
+@click.option("--delta", default=0.05, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="the certificate holds with probability >= 1 - delta")  # fmt: skip
 @click.option("--criterion", default="curvature", show_default=True,
               type=click.Choice(["curvature", "layer", "variance", "magnitude", "random",
                                  "ablation"]))  # fmt: skip
@@ -85,7 +91,8 @@ def compress(**o: Any) -> None:
             min_iia=o["min_iia"], keep=o["keep"], criterion=o["criterion"],
             fold=not o["no_fold"], samples=o["samples"], batch_size=o["batch_size"],
             device=o["device"], seed=o["seed"], progress=progress, align=o["align"],
-            swap_p=o["swap_p"], plan=run["given"], on_plan=on_plan,
+            swap_p=o["swap_p"], plan=run["given"], on_plan=on_plan, certify=o["certify"],
+            delta=o["delta"],
         )  # fmt: skip
         progress.close()
         result.report["input"], result.report["output"] = run["in_path"], o["out_path"]
@@ -94,6 +101,9 @@ def compress(**o: Any) -> None:
         _write(result, model_out, o["out_path"], o["report_path"])
         if not o["quiet"]:
             _summary(result.report, o["report_path"], o["out_path"], saved)
+        if result.missed is not None:
+            click.echo(f"scmopt: warning: {result.missed}", err=True)
+            sys.exit(4)
     except KeyboardInterrupt:
         progress.close()
         click.echo("scmopt: interrupted" + _kept(saved), err=True)
@@ -109,9 +119,10 @@ def _kept(saved: list[Path]) -> str:
 
 def _preflight(o: dict[str, Any]) -> dict[str, Any]:
     """Checks every input before any work; prints the warnings once all checks pass."""
-    rules = [k for k in ("budget", "min_fidelity", "min_iia", "keep") if o[k] is not None]
+    rules = [k for k in ("budget", "min_fidelity", "min_iia", "keep", "certify")
+             if o[k] is not None]  # fmt: skip
     if len(rules) > 1:
-        raise ScmoptError("give one of --budget, --min-fidelity, --min-iia, --keep")
+        raise ScmoptError("give one of --budget, --min-fidelity, --min-iia, --keep, --certify")
     if not 0 < o["swap_p"] <= 1:
         raise ScmoptError(f"--swap-p (the swap probability) must be in (0, 1], not {o['swap_p']}")
     if o["report_path"] and Path(o["report_path"]).suffix not in (".html", ".json"):
@@ -219,6 +230,22 @@ def _stage_report(result: Any, path: str) -> Path:
     return tmp
 
 
+def _certified(fid: dict) -> list[tuple[str, str]]:
+    """The anytime-valid bounds as a statement, and the Markov bound only where it says
+    something."""
+    conf = fid.get("confidence", {})
+    rows = []
+    for what, c in conf.items():
+        small = "; a small split: the bound is wide" if c["trials"] < 1000 else ""
+        rows.append(("certified", f"{what} >= {c['lower']:.4f} with probability >= "
+                     f"{1 - c['delta']:g} over the sampling of trials from this data "
+                     f"({c['trials']:,} trials on the validation split{small})"))  # fmt: skip
+    markov = 1 - fid.get("certificate", {}).get("bound", 1.0)
+    if markov > 0:
+        rows.append(("margin bound", f"fidelity >= {markov:.4f} (Markov, deterministic)"))
+    return rows
+
+
 def _summary(rep: dict, report_path: str | None, out_path: str, saved: list[Path]) -> None:
     u, fid = rep["units"], rep["validation"]
     rows = [
@@ -229,14 +256,14 @@ def _summary(rep: dict, report_path: str | None, out_path: str, saved: list[Path
         ("FLOPs/sample", f"{rep['flops']['before']:,} -> {rep['flops']['after']:,} "
                          f"({rep['flops']['after'] / max(rep['flops']['before'], 1):.1%})"),
         ("risk", num(fid.get("risk"))),
-        ("fidelity", f"{num(rep['fidelity'])} (held-out n={fid['samples']}; certified "
-                     f">= {num(1 - fid['certificate']['bound'])})"),
+        ("fidelity", f"{num(rep['fidelity'])} (validation split, n={fid['samples']})"),
         ("IIA", f"{num(fid['iia'])} (p = {fid.get('iia_p', 0.5):g})"),
     ]  # fmt: skip
+    rows += _certified(fid)
     if "accuracy" in rep:
         a = rep["accuracy"]
         rows.append(("accuracy", f"{a['before']:.4f} -> {a['after']:.4f}"))
-    written = [out_path] + [f"plan {p}" for p in saved]
+    written = [out_path] + [f"plan {p}" for p in dict.fromkeys(saved)]
     rows += [
         ("compile error", f"{rep['compile_max_abs_error']:.2e} (vs simulation)"),
         ("time", f"{rep['timing_s']['total']:.1f} s"),

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
-from scmopt.evaluation import certificate
+from scmopt.evaluation import certificate, confidence
 
 Agreement = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Rows = slice | np.ndarray
@@ -108,6 +109,21 @@ class Metrics:
     certificate: dict[str, float] = field(default_factory=dict)
     n: int = 0
     unmapped: list[str] = field(default_factory=list)  # cuts a candidate's map did not cover
+    # 0/1 per trial: one per sample (fidelity), one per cut and sample (iia)
+    trials: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def confidence(self, delta: float = 0.05, seed: int = 0) -> dict[str, dict[str, Any]]:
+        """Anytime-valid lower bounds (evaluation.confidence) on fidelity (one trial per
+        sample) and IIA (one per cut and sample, in a seeded random order) at level delta."""
+        out: dict[str, dict[str, Any]] = {}
+        for what, x in self.trials.items():
+            if not np.isin(x, (0.0, 1.0)).all():  # a graded metric: no Bernoulli trials
+                continue
+            x = np.random.default_rng([seed, 5]).permutation(x) if what == "iia" else x
+            b = confidence.certify(x, delta)
+            out[what] = {"point": b.point, "lower": b.lower, "hoeffding": b.hoeffding,
+                         "betting": b.betting, "trials": b.n, "delta": delta}  # fmt: skip
+        return out
 
     @property
     def flip_bound(self) -> float:
@@ -115,7 +131,9 @@ class Metrics:
         return float(self.certificate.get("bound", 1.0))
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("trials", None)
+        return d
 
 
 class Tally:
@@ -178,4 +196,7 @@ class Tally:
             risk_plain=_normalise(d2, var),
             certificate=certificate.margin_bound(certificate.margins(ref), d2),
             n=self.n,
+            trials={"fidelity": self._plain["agree"].copy(),
+                    **({"iia": np.concatenate([v["agree"] for v in self._swap.values()])}
+                       if interventions and self._swap else {})},
         )  # fmt: skip

@@ -19,10 +19,13 @@ from scmopt.evaluation.metrics import Metrics
 _OPTIONAL = ("accuracy", "output")
 
 
-def validation_detail(m: Metrics, *, p: float, search: dict[str, Any]) -> dict[str, Any]:
+def validation_detail(m: Metrics, *, p: float, search: dict[str, Any],
+                      delta: float = 0.05, seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """report["validation"] from the artifact's metrics on the validation split (interchanges
-    at swap probability p) and the search's held-out metrics."""
+    at swap probability p) and the search's held-out metrics; `confidence` holds the
+    anytime-valid lower bounds at level delta on that split (data the search never saw)."""
     return {
+        "confidence": m.confidence(delta, seed),
         "agreement": m.fidelity,
         "risk": m.risk,
         "risk_plain": m.risk_plain,
