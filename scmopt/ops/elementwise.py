@@ -7,7 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from scmopt.ops.edit import replace_constant
-from scmopt.ops.registry import Handler, register
+from scmopt.ops.registry import Handler, OnLabelled, register
 
 UNARY = (
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu",
@@ -32,13 +32,10 @@ def operand_axis(operand_rank: int, out_rank: int, axis: int) -> int:
 
 
 @register(*UNARY)
-class Unary(Handler):
+class Unary(OnLabelled):
     """Channel-wise: the output has the input's layout."""
 
-    def propagate(self, node, ctx):
-        lay = ctx.lay(node.inputs[0])
-        if lay is None:
-            return None
+    def follow(self, node, ctx, lay):
         if ctx.only_first_input_labelled(node) or ctx.used_outputs_only_first(node):
             return "unsupported input/output use"
         if node.op == "Clip":

@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 from scmopt.ops.edit import replace_constant
 from scmopt.ops.elementwise import const_value, rank
 from scmopt.ops.pooling import node_axes
-from scmopt.ops.registry import Handler, register
+from scmopt.ops.registry import Handler, OnLabelled, register
 from scmopt.units.layout import Layout, reshape_layout, split_layout
 
 
@@ -22,11 +22,8 @@ def _norm(axes: list[int], r: int) -> list[int]:
 
 
 @register("Transpose")
-class Transpose(Handler):
-    def propagate(self, node, ctx):
-        lay = ctx.lay(node.inputs[0])
-        if lay is None:
-            return None
+class Transpose(OnLabelled):
+    def follow(self, node, ctx, lay):
         r = rank(node.inputs[0])
         perm = node.attrs.get("perm")
         if perm is None:
@@ -45,12 +42,9 @@ def _static(shape) -> bool:
 
 
 @register("Flatten")
-class Flatten(Handler):
-    def propagate(self, node, ctx):
+class Flatten(OnLabelled):
+    def follow(self, node, ctx, lay):
         x = node.inputs[0]
-        lay = ctx.lay(x)
-        if lay is None:
-            return None
         if int(node.attrs.get("axis", 1)) != 1:
             return "flatten axis != 1"
         if not _static(x.shape):
@@ -193,12 +187,9 @@ class Reshape(Handler):
 
 
 @register("Squeeze")
-class Squeeze(Handler):
-    def propagate(self, node, ctx):
+class Squeeze(OnLabelled):
+    def follow(self, node, ctx, lay):
         x = node.inputs[0]
-        lay = ctx.lay(x)
-        if lay is None:
-            return None
         r = rank(x)
         axes = node_axes(node)
         if axes == [] and x.shape is not None:
@@ -229,11 +220,8 @@ class Squeeze(Handler):
 
 
 @register("Unsqueeze")
-class Unsqueeze(Handler):
-    def propagate(self, node, ctx):
-        lay = ctx.lay(node.inputs[0])
-        if lay is None:
-            return None
+class Unsqueeze(OnLabelled):
+    def follow(self, node, ctx, lay):
         r_out = rank(node.outputs[0])
         axes = node_axes(node)
         if axes is None or r_out is None or not axes:
@@ -247,14 +235,11 @@ class Unsqueeze(Handler):
 
 
 @register("Gather")
-class Gather(Handler):
+class Gather(OnLabelled):
     """Constant indices on an axis other than batch and channel (e.g. a ViT's class token)."""
 
-    def propagate(self, node, ctx):
+    def follow(self, node, ctx, lay):
         x = node.inputs[0]
-        lay = ctx.lay(x)
-        if lay is None:
-            return None
         idx = const_value(node.inputs[1])
         r = rank(x)
         if idx is None or r is None or ctx.only_first_input_labelled(node):
@@ -325,12 +310,9 @@ class Concat(Handler):
 
 
 @register("Split")
-class Split(Handler):
-    def propagate(self, node, ctx):
+class Split(OnLabelled):
+    def follow(self, node, ctx, lay):
         x = node.inputs[0]
-        lay = ctx.lay(x)
-        if lay is None:
-            return None
         r = rank(x)
         if r is None:
             return "unknown rank"
@@ -383,12 +365,9 @@ class Split(Handler):
 
 
 @register("Slice")
-class Slice(Handler):
-    def propagate(self, node, ctx):
+class Slice(OnLabelled):
+    def follow(self, node, ctx, lay):
         x = node.inputs[0]
-        lay = ctx.lay(x)
-        if lay is None:
-            return None
         r = rank(x)
         axes = node.attrs.get("axes")
         if axes is None and len(node.inputs) > 3 and node.inputs[3].name:
@@ -408,12 +387,9 @@ class Slice(Handler):
 
 
 @register("Pad")
-class Pad(Handler):
-    def propagate(self, node, ctx):
+class Pad(OnLabelled):
+    def follow(self, node, ctx, lay):
         x = node.inputs[0]
-        lay = ctx.lay(x)
-        if lay is None:
-            return None
         pads = node.attrs.get("pads")
         if pads is None:
             pv = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
@@ -430,11 +406,8 @@ class Pad(Handler):
 
 
 @register("Resize", "Upsample")
-class Resize(Handler):
-    def propagate(self, node, ctx):
-        lay = ctx.lay(node.inputs[0])
-        if lay is None:
-            return None
+class Resize(OnLabelled):
+    def follow(self, node, ctx, lay):
         out = node.outputs[0]
         size = out.shape[lay.axis] if out.shape is not None and len(out.shape) > lay.axis else None
         if size != lay.features or lay.block != 1:

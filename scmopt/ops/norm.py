@@ -7,7 +7,7 @@ import numpy as np
 
 from scmopt.ops.edit import replace_constant
 from scmopt.ops.elementwise import const_value, rank
-from scmopt.ops.registry import Handler, register
+from scmopt.ops.registry import Handler, OnLabelled, register
 
 PARAMS = {"BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2)}
 MIXING = (
@@ -17,11 +17,8 @@ MIXING = (
 
 
 @register(*PARAMS)
-class ChannelNorm(Handler):
-    def propagate(self, node, ctx):
-        lay = ctx.lay(node.inputs[0])
-        if lay is None:
-            return None
+class ChannelNorm(OnLabelled):
+    def follow(self, node, ctx, lay):
         if int(node.attrs.get("training_mode", 0)) or ctx.used_outputs_only_first(node):
             return "training-mode normalisation"
         if any(const_value(node.inputs[i]) is None for i in PARAMS[node.op]):
@@ -41,13 +38,10 @@ class ChannelNorm(Handler):
 
 @register("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization",
           "SkipLayerNormalization")  # fmt: skip
-class LayerNorm(Handler):
+class LayerNorm(OnLabelled):
     """Normalises over axis..rank-1: channel-wise only when the channels are not among them."""
 
-    def propagate(self, node, ctx):
-        lay = ctx.lay(node.inputs[0])
-        if lay is None:
-            return None
+    def follow(self, node, ctx, lay):
         r = rank(node.inputs[0])
         axis = int(node.attrs.get("axis", -1))
         if r is not None and axis < 0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from scmopt.ops.elementwise import const_value, rank
-from scmopt.ops.registry import Handler, register
+from scmopt.ops.registry import OnLabelled, register
 
 POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
          "GlobalLpPool")  # fmt: skip
@@ -22,13 +22,10 @@ def node_axes(node, index: int = 1) -> list[int] | None:
 
 
 @register(*POOLS)
-class Pool(Handler):
+class Pool(OnLabelled):
     """Spatial pooling of NCHW maps: each channel pooled on its own."""
 
-    def propagate(self, node, ctx):
-        lay = ctx.lay(node.inputs[0])
-        if lay is None:
-            return None
+    def follow(self, node, ctx, lay):
         if lay.axis != 1 or lay.block != 1:
             return "pooling of a tensor whose channels are not on axis 1"
         if ctx.used_outputs_only_first(node):
@@ -38,13 +35,10 @@ class Pool(Handler):
 
 
 @register(*REDUCE)
-class Reduce(Handler):
+class Reduce(OnLabelled):
     """A reduction over axes other than batch and channel; keepdims=0 moves the channel axis."""
 
-    def propagate(self, node, ctx):
-        lay = ctx.lay(node.inputs[0])
-        if lay is None:
-            return None
+    def follow(self, node, ctx, lay):
         if lay.block != 1:
             return "reduction over a flattened layout"
         r = rank(node.inputs[0])
@@ -61,13 +55,10 @@ class Reduce(Handler):
 
 
 @register("Softmax", "LogSoftmax", "Hardmax")
-class Softmax(Handler):
+class Softmax(OnLabelled):
     """Normalises along one axis: channel-wise unless that axis holds the channels."""
 
-    def propagate(self, node, ctx):
-        lay = ctx.lay(node.inputs[0])
-        if lay is None:
-            return None
+    def follow(self, node, ctx, lay):
         r = rank(node.inputs[0])
         if r is None:
             return "unknown rank"

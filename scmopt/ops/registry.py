@@ -49,6 +49,18 @@ class Handler:
         return 0
 
 
+class OnLabelled(Handler):
+    """A handler with nothing to do unless its first input is labelled: `follow` gets that
+    input's layout."""
+
+    def propagate(self, node: gs.Node, ctx: Any) -> str | None:
+        lay = ctx.lay(node.inputs[0])
+        return None if lay is None else self.follow(node, ctx, lay)
+
+    def follow(self, node: gs.Node, ctx: Any, lay: Layout) -> str | None:
+        raise NotImplementedError
+
+
 REGISTRY: dict[tuple[str, str], Handler] = {}
 
 
