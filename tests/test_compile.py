@@ -24,8 +24,11 @@ from scmopt.runtime import hooks as intervene
 
 TOL = 1e-5
 ZOO = [e["name"] for e in load_manifest()]
-# the big fully connected ones take ~1 min each to compile and run; still worth it
-LIGHT = [pytest.param(n, marks=pytest.mark.slow) if n in ("vgg19",) else n for n in LIGHT_NAMES]
+# the big fully connected ones take 20-60 s each to compile and run: slow (CI runs them)
+LIGHT = [
+    pytest.param(n, marks=pytest.mark.slow) if n in ("vgg19", "bvlc_alexnet", "zfnet512") else n
+    for n in LIGHT_NAMES
+]
 
 
 def _check_plan(ug: units.UnitGraph, plan: Plan, feeds: dict, original: onnx.ModelProto) -> None:
