@@ -20,6 +20,7 @@ from scmopt.compiler.compile import compile_plan
 from scmopt.compiler.cost_guard import never_larger
 from scmopt.errors import CompileMismatch, ScmoptError
 from scmopt.evaluation import validate
+from scmopt.evaluation.confidence import betting_lower, needed_rate
 from scmopt.io import graph
 from scmopt.io.data import load_data, random_data
 from scmopt.ops import cost
@@ -214,8 +215,17 @@ def compress(
     t1 = time.perf_counter()
     saved = plan
     target = certify if certify is not None else min_fidelity
+    if certify is not None:  # the observed rate the validation split must show to certify F0
+        need = needed_rate(certify, n_val, delta)
+        if need is None:
+            raise ScmoptError(
+                f"--certify {certify} cannot be reached with {n_val} validation samples at "
+                f"--delta {delta} (all-agreeing samples certify "
+                f"{betting_lower(np.ones(n_val), delta):.4f}): give more data or a lower F0"
+            )
+        target = max(certify, need)
     missed: str | None = None
-    for _attempt in range(3):
+    for _attempt in range(4):
         t1 = time.perf_counter()
         if saved is None:
             found = _search(

@@ -24,14 +24,31 @@ def test_api_without_a_rule_uses_the_cli_default():
     assert res.missed is None and res.report["fidelity"] >= 0.99
 
 
-def test_a_missed_rule_is_a_warning_and_exit_4(tmp_path):
-    """205 validation samples cannot certify 0.999 at delta 0.05, even when all agree: after
-    two stricter searches the run warns and exits 4 (OUT is still written)."""
+def test_a_missed_rule_is_a_warning_and_exit_4(tmp_path, monkeypatch):
+    """A rule still missed after the stricter searches: warning, exit 4, OUT written."""
+    import scmopt.api
+
+    calls = []
+
+    def missed(m, *args):
+        calls.append(m.fidelity)
+        return f"target missed on the validation split: fidelity {m.fidelity:.4f} < 1.01"
+
+    monkeypatch.setattr(scmopt.api, "_missed", missed)
     out = tmp_path / "o.onnx"
-    res = CliRunner().invoke(main, [CNN, str(out), "--data", CNN, "--certify", "0.999", "-q"])
+    res = CliRunner().invoke(main, [CNN, str(out), "--data", CNN, "--min-fidelity", "0.9", "-q"])
     assert res.exit_code == 4, res.output
-    assert "certified fidelity" in res.output and "< --certify 0.999" in res.output
-    assert out.exists()
+    assert "warning: target missed on the validation split" in res.output
+    assert len(calls) == 4 and out.exists()  # the first search and three stricter ones
+
+
+def test_an_unreachable_certificate_is_refused_before_the_search(tmp_path):
+    """205 validation samples that all agree certify 0.9805 at delta 0.05: 0.999 is refused."""
+    out = tmp_path / "o.onnx"
+    res = CliRunner().invoke(main, [CNN, str(out), "--data", CNN, "--certify", "0.999"])
+    assert res.exit_code == 2, res.output
+    assert "cannot be reached with 205 validation samples" in res.output and "0.9805" in res.output
+    assert not out.exists()
 
 
 def test_certify_refuses_a_second_rule_and_bad_values(tmp_path):

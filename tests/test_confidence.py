@@ -46,3 +46,15 @@ def test_all_successes_and_errors():
         certify(np.array([0.5]), 0.05)
     with pytest.raises(ValueError):
         certify(np.ones(3), 1.5)
+
+
+def test_needed_rate_is_the_smallest_certifiable_rate():
+    from scmopt.evaluation.confidence import needed_rate
+
+    r = needed_rate(0.95, 205)
+    assert r is not None and 0.95 < r < 1.0
+    k = round((1 - r) * 205)
+    x = np.ones(205)
+    x[np.linspace(0, 204, k + 1).round().astype(int)] = 0  # one failure more: not certified
+    assert betting_lower(x, 0.05) < 0.95
+    assert needed_rate(0.999, 205) is None

@@ -84,3 +84,25 @@ def certify(x: np.ndarray, delta: float = 0.05) -> Bound:
         raise ValueError(f"delta must be in (0, 1), not {delta}")
     point = float(x.mean()) if x.size else float("nan")
     return Bound(len(x), point, hoeffding_lower(x, delta), betting_lower(x, delta), delta)
+
+
+def needed_rate(target: float, n: int, delta: float = 0.05) -> float | None:
+    """The smallest observed success rate on n trials whose betting lower bound reaches
+    `target` (failures spread evenly), or None when even n successes do not."""
+
+    def lower(k: int) -> float:
+        x = np.ones(n)
+        if k:
+            x[np.linspace(0, n - 1, k).round().astype(int)] = 0.0
+        return betting_lower(x, delta)
+
+    if n == 0 or lower(0) < target:
+        return None
+    lo, hi = 0, n  # lower(lo) >= target; find the largest such k
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if lower(mid) >= target:
+            lo = mid
+        else:
+            hi = mid
+    return 1.0 - lo / n
