@@ -15,7 +15,6 @@ import onnx
 from scmopt import __version__
 from scmopt.analysis.align import align_plan, check_block
 from scmopt.analysis.criteria import CRITERIA as ALL_CRITERIA
-from scmopt.analysis.criteria import criterion as get_criterion
 from scmopt.compiler.compile import compile_plan
 from scmopt.compiler.cost_guard import never_larger
 from scmopt.errors import CompileMismatch, ScmoptError
@@ -131,7 +130,6 @@ def _search(ug: UnitGraph, feeds: dict[str, np.ndarray], *, criterion: str,
     from scmopt.analysis.config import SearchConfig
     from scmopt.analysis.search import search
 
-    get_criterion(criterion)
     return search(ug, feeds, SearchConfig(criterion=criterion, **options), progress=progress)
 
 

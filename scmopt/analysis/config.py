@@ -38,3 +38,15 @@ class SearchConfig:
     refit_on_fail: bool = True
     shrink: tuple[float, ...] = (0.5, 0.0)
     polish: int = 3
+
+    @property
+    def rule(self) -> str | None:
+        """The stopping rule given (the first set, in field order), or None."""
+        for name in ("budget", "min_fidelity", "min_iia", "keep"):
+            if getattr(self, name) is not None:
+                return name
+        return None
+
+    @property
+    def rule_value(self) -> float | None:
+        return None if self.rule is None else getattr(self, self.rule)

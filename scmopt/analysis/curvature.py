@@ -28,11 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 from onnx import helper
 
 from scmopt.io.graph import infer_shapes
-from scmopt.ops.registry import lookup
 from scmopt.runtime import sessions as runtime
 from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook
 from scmopt.units.analysis import UnitGraph
@@ -302,21 +300,12 @@ def uniform(ug: UnitGraph, sites: list[str]) -> Curvature:
     return Curvature({t: np.ones(ug.cuts[t].channels) for t in sites}, method="uniform")
 
 
-def weight_views(ug: UnitGraph, cut: str) -> list[np.ndarray]:
-    """Each consumer's weights on the cut as [C, block, R] (scmopt.ops handlers)."""
-    c = ug.cuts[cut]
-    graph = gs.import_onnx(ug.model)
-    nodes = {n.name: n for n in graph.nodes}
-    return [lookup(nodes[n].domain, nodes[n].op).weight_view(nodes[n], c.layout)
-            for n in c.consumers]  # fmt: skip
-
-
 def consumer_norms(ug: UnitGraph, cut: str) -> tuple[np.ndarray, np.ndarray]:
     """Per channel: (mean over the channel's block positions of the squared L2 norm of its
     consumer weight rows, summed over consumers; L1 norm of all its consumer weights)."""
     l2 = np.zeros(ug.cuts[cut].channels)
     l1 = np.zeros(ug.cuts[cut].channels)
-    for feats in weight_views(ug, cut):
+    for feats in ug.weight_views(cut):
         l2 += np.mean(np.sum(feats**2, axis=2), axis=1)
         l1 += np.sum(np.abs(feats), axis=(1, 2))
     return l2, l1
@@ -327,7 +316,7 @@ def coupling(ug: UnitGraph, cut: str, kappa: np.ndarray) -> np.ndarray:
     their consumer weight columns (position-matched), the isotropic consumer-output model of
     the layer estimator; the diagonal is kappa itself."""
     c = ug.cuts[cut]
-    m = np.concatenate([v.reshape(c.channels, -1) for v in weight_views(ug, cut)], axis=1)
+    m = np.concatenate([v.reshape(c.channels, -1) for v in ug.weight_views(cut)], axis=1)
     norm = np.linalg.norm(m, axis=1)
     norm[norm == 0] = 1.0
     cos = (m @ m.T) / np.outer(norm, norm)

@@ -134,42 +134,45 @@ class _Search:
 
     def __init__(self, ug, data, labels, cfg: SearchConfig, progress) -> None:
         self.cfg = cfg
-        criterion, fold, p, seed = cfg.criterion, cfg.fold, cfg.p, cfg.seed
-        batch_size, device, holdout = cfg.batch_size, cfg.device, cfg.holdout
-        curvature_samples, eps, probe_fraction = cfg.curvature_samples, cfg.eps, cfg.probe_fraction
-        max_coef = cfg.max_coef
+        seed, device = cfg.seed, cfg.device
         self.ug = ug
-        self.criterion = criterion
-        self.fold = fold
-        self.p = p
-        self.seed = seed
-        self.batch_size = batch_size
         self.progress = progress
-        self.probe_fraction = probe_fraction
         self.timing: dict[str, float] = {}
         t0 = time.perf_counter()
         n = len(next(iter(data.values())))
         rng = np.random.default_rng([seed, 1])
         perm = rng.permutation(n)
-        n_hold = min(n - 2, max(2, int(round(holdout * n))))
+        n_hold = min(n - 2, max(2, int(round(cfg.holdout * n))))
         hold, fit = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
         self.fit = {k: v[fit] for k, v in data.items()}
         self.hold = {k: v[hold] for k, v in data.items()}
-        self.runner = Runner(ug, self.fit, device=device, batch_size=batch_size)
+        self.runner = Runner(ug, self.fit, device=device, batch_size=cfg.batch_size)
         self.evaluator = Evaluator(
-            self.runner, self.hold, None if labels is None else labels[hold], p=p, seed=seed
+            self.runner, self.hold, None if labels is None else labels[hold], p=cfg.p, seed=seed
         )
         self.prober = Prober(ug, self.runner.sites, batched=self.runner.batched, device=device)
-        k = min(len(fit), curvature_samples)
+        k = min(len(fit), cfg.curvature_samples)
         probe_idx = np.sort(np.random.default_rng([seed, 2]).choice(len(fit), k, replace=False))
         probe = {kk: v[probe_idx] for kk, v in self.fit.items()}
-        self.scorer = Scorer(ug, self.prober, probe, self.fit, eps=eps, seed=seed,
-                             max_coef=max_coef)  # fmt: skip
+        self.scorer = Scorer(ug, self.prober, probe, self.fit, eps=cfg.eps, seed=seed,
+                             max_coef=cfg.max_coef)  # fmt: skip
         self.fit_evaluator: Evaluator | None = None
         self.plan = Plan()
         self.out_var: float | None = None
         self.scores: dict[str, float] = {}
         self._add("setup", t0)
+
+    # the options the rounds read, from the one config
+    criterion = property(lambda self: self.cfg.criterion)
+    fold = property(lambda self: self.cfg.fold)
+    p = property(lambda self: self.cfg.p)
+    seed = property(lambda self: self.cfg.seed)
+    batch_size = property(lambda self: self.cfg.batch_size)
+    probe_fraction = property(lambda self: self.cfg.probe_fraction)
+    max_probes = property(lambda self: self.cfg.max_probes)
+    step = property(lambda self: self.cfg.step)
+    rule = property(lambda self: self.cfg.rule)
+    rule_value = property(lambda self: self.cfg.rule_value)
 
     def _add(self, key: str, t0: float) -> None:
         self.timing[key] = self.timing.get(key, 0.0) + time.perf_counter() - t0
@@ -434,11 +437,6 @@ def _search(ug, data, cfg: SearchConfig, progress, labels) -> SearchResult:
                 f"must keep one: keep at least {floor} ({floor / len(prunable):.3f})"
             )
     s = _Search(ug, data, labels, cfg, progress)
-    s.rule = rule
-    s.step = step
-    s.max_probes = max_probes
-    s.rule_value = {"budget": budget, "min_fidelity": min_fidelity, "min_iia": min_iia,
-                    "keep": keep}[rule]  # fmt: skip
     traj = [{"round": 0, "kept": len(prunable), "removed": 0, "predicted_risk": 0.0,
              "risk": 0.0, "fidelity": 1.0, "iia": 1.0, "accepted": True}]  # fmt: skip
     if rule == "keep":

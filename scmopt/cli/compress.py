@@ -11,6 +11,8 @@ import click
 from click.core import ParameterSource
 
 from scmopt import examples
+from scmopt.analysis.criteria import CRITERIA
+from scmopt.api import DEFAULT_MIN_FIDELITY
 from scmopt.cli import checks, planfile
 from scmopt.cli.common import fail, num
 from scmopt.cli.progress import Progress
@@ -40,8 +42,7 @@ REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align")  # --plan: saved
               type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="the certificate holds with probability >= 1 - delta")  # fmt: skip
 @click.option("--criterion", default="curvature", show_default=True,
-              type=click.Choice(["curvature", "layer", "variance", "magnitude", "random",
-                                 "ablation"]))  # fmt: skip
+              type=click.Choice(list(CRITERIA)))  # fmt: skip
 @click.option("--no-fold", is_flag=True, help="constants only, no folding")
 @click.option("--samples", type=click.IntRange(min=1), help="use at most N calibration samples")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
@@ -138,7 +139,7 @@ def _preflight(o: dict[str, Any]) -> dict[str, Any]:
             if k in saved and source(k) != ParameterSource.COMMANDLINE:
                 o[k] = saved[k]
     elif not rules:
-        o["min_fidelity"] = 0.99
+        o["min_fidelity"] = DEFAULT_MIN_FIDELITY
     in_path = examples.resolve(o["in_path"], "model")
     if Path(o["out_path"]).resolve() == Path(in_path).resolve() and not o["force"]:
         raise ScmoptError("OUT is the same file as IN; refusing to overwrite it (--force)")

@@ -111,11 +111,16 @@ class Metrics:
     unmapped: list[str] = field(default_factory=list)  # cuts a candidate's map did not cover
     # 0/1 per trial: one per sample (fidelity), one per cut and sample (iia)
     trials: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    _confidence: dict = field(default_factory=dict, repr=False, compare=False)
 
     def confidence(self, delta: float = 0.05, seed: int = 0) -> dict[str, dict[str, Any]]:
         """Anytime-valid lower bounds (evaluation.confidence) on fidelity (one trial per
-        sample) and IIA (one per cut and sample, in a seeded random order) at level delta."""
-        out: dict[str, dict[str, Any]] = {}
+        sample) and IIA (one per cut and sample, in a seeded random order) at level delta.
+        Made once per (delta, seed): the rule check and the report both ask."""
+        key = (delta, seed)
+        if key in self._confidence:
+            return self._confidence[key]
+        out: dict[str, dict[str, Any]] = self._confidence.setdefault(key, {})
         for what, x in self.trials.items():
             if not np.isin(x, (0.0, 1.0)).all():  # a graded metric: no Bernoulli trials
                 continue
@@ -133,6 +138,7 @@ class Metrics:
     def as_dict(self) -> dict:
         d = asdict(self)
         d.pop("trials", None)
+        d.pop("_confidence", None)
         return d
 
 

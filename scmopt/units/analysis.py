@@ -95,6 +95,20 @@ class UnitGraph:
     cuts: dict[str, Cut]
     groups: dict[str, Group]
     layouts: dict[str, Layout]  # every labelled tensor -> its layout (labels are unit ids)
+    _nodes: dict[str, gs.Node] = field(default_factory=dict, repr=False, compare=False)
+
+    def weight_views(self, cut: str) -> list[np.ndarray]:
+        """Each consumer's weights on `cut` as [C, block, R] (the consumers' op handlers). The
+        graph is imported once (curvature norms, couplings and layer screens ask every round);
+        the views are made on demand, not kept (they are float64 copies of the weights)."""
+        if not self._nodes:
+            self._nodes.update({n.name: n for n in gs.import_onnx(self.model).nodes})
+        layout = self.cuts[cut].layout
+        views = []
+        for name in self.cuts[cut].consumers:
+            node = self._nodes[name]
+            views.append(lookup(node.domain, node.op).weight_view(node, layout))
+        return views
 
     @property
     def prunable(self) -> list[str]:
