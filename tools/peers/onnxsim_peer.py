@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from peers.bisect import first_crossing
+
 METHODS = ("l2", "wanda")
 COMPENSATIONS = (None, "finetune", "bias")
 
@@ -102,22 +104,8 @@ def to_units(
             cache[s] = (_units(m), m)
         return cache[s][0]
 
-    grid = [round(0.05 * i, 2) for i in range(20)] + [0.99, 0.999]
-    lo = hi = None
-    for s in grid:
-        if at(s) <= target:
-            hi = s
-            break
-        lo = s
-    if hi is not None and lo is not None:
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            if at(mid) > target:
-                lo = mid
-            else:
-                hi = mid
-            if at(hi) == target or hi - lo < 1e-5:
-                break
+    first_crossing(at, target, [round(0.05 * i, 2) for i in range(20)] + [0.99, 0.999], iters,
+                   lambda lo, hi: at(hi) == target or hi - lo < 1e-5)  # fmt: skip
     best = min(cache, key=lambda s: (abs(cache[s][0] - target), -cache[s][0], s))
     u, m = cache[best]
     return Pruned(m, best, u, u == target, len(cache))

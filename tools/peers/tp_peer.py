@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from peers.bisect import first_crossing
+
 IMPORTANCES = ("magnitude", "bnscale", "taylor", "hessian")
 
 
@@ -136,22 +138,8 @@ def to_units(model, example: np.ndarray, target: int, kind: str, global_pruning:
 
     # The unit count is not monotone in the ratio near 1 (Torch-Pruning refuses to empty a
     # layer and then skips it), so: coarse grid, first crossing, then bisection inside it.
-    grid = [round(0.05 * i, 2) for i in range(20)]
-    lo = hi = None
-    for r in grid:
-        if at(r) <= target:
-            hi = r
-            break
-        lo = r
-    if hi is not None and lo is not None:
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            if at(mid) > target:
-                lo = mid
-            else:
-                hi = mid
-            if at(hi) == target or hi - lo < 1e-4:
-                break
+    first_crossing(at, target, [round(0.05 * i, 2) for i in range(20)], iters,
+                   lambda lo, hi: at(hi) == target or hi - lo < 1e-4)  # fmt: skip
     best = min(cache, key=lambda r: (abs(cache[r][0] - target), -cache[r][0], r))
     u, onx = cache[best]
     return Pruned(onx, best, u, u == target, len(cache))

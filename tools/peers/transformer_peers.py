@@ -36,6 +36,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from peers.bisect import first_crossing
 from scmopt import units as U
 from scmopt.compiler.compile import compile_plan
 from scmopt.ops import cost
@@ -458,21 +459,7 @@ def onnxsim_to_flops(tu, model, target, heads_too: bool, iters: int = 10):
             cache[s] = (fl, m)
         return cache[s][0]
 
-    grid = [round(0.1 * i, 2) for i in range(10)] + [0.95, 0.99]
-    lo = hi = None
-    for s in grid:
-        if at(s) <= target:
-            hi = s
-            break
-        lo = s
-    if lo is not None and hi is not None:
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            if at(mid) > target:
-                lo = mid
-            else:
-                hi = mid
-            if abs(at(hi) - target) <= 0.01 * target:
-                break
+    first_crossing(at, target, [round(0.1 * i, 2) for i in range(10)] + [0.95, 0.99], iters,
+                   lambda lo, hi: abs(at(hi) - target) <= 0.01 * target)  # fmt: skip
     best = min(cache, key=lambda s: (abs(cache[s][0] - target), s))
     return cache[best][1], best, cache[best][0], len(cache)
