@@ -18,7 +18,7 @@ from scmopt.analysis.criteria import CRITERIA as ALL_CRITERIA
 from scmopt.compiler.compile import compile_plan
 from scmopt.compiler.cost_guard import never_larger
 from scmopt.errors import CompileMismatch, ScmoptError
-from scmopt.evaluation import validate
+from scmopt.evaluation import agreements, validate
 from scmopt.evaluation.confidence import betting_lower, needed_rate
 from scmopt.io import graph
 from scmopt.io.data import load_data, random_data
@@ -26,6 +26,7 @@ from scmopt.ops import cost
 from scmopt.plan import Plan
 from scmopt.report import html as report
 from scmopt.report.document import Report, validation_detail
+from scmopt.runtime import work
 from scmopt.runtime.hooks import simulate
 from scmopt.units.analysis import UnitGraph
 from scmopt.units.analysis import analyze as find_units
@@ -111,16 +112,32 @@ def analyze(
     seed: int = 0,
     progress: Progress | None = None,
     swap_p: float = 0.5,
+    metric: str | agreements.Metric | None = None,
 ) -> Plan:
-    """Runs the budgeted search (DESIGN §2) and returns the abstraction plan. `swap_p`: see
-    compress."""
+    """Runs the budgeted search (DESIGN §2) and returns the abstraction plan. `swap_p`,
+    `metric`: see compress."""
     ug = model if isinstance(model, UnitGraph) else find_units(_model(model))
     feeds, _, _ = prepare_data(ug.model, data, samples, seed)
+    chosen, _ = resolve_metric(ug.model, feeds, metric)
     return _search(
         ug, feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
         criterion=criterion, fold=fold, seed=seed, batch_size=batch_size, device=device,
-        progress=progress, p=swap_p,
+        progress=progress, p=swap_p, metric=chosen,
     ).plan  # fmt: skip
+
+
+def resolve_metric(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], metric: str | agreements.Metric | None
+) -> tuple[agreements.Metric, str]:
+    """The agreement for the model's first output, bound to its per-sample shape (one run on
+    one sample gives the real shape), and a line saying which metric and why."""
+    shape = tuple(validate.logits(model, {k: v[:1] for k, v in feeds.items()}).shape[1:])
+    name = model.graph.output[0].name
+    if metric is None:
+        chosen, why = agreements.choose(shape)
+        return chosen, f"metric: {chosen.spec} for output {name!r}: {why} (--metric to change)"
+    chosen = agreements.parse(metric).bind(shape)
+    return chosen, f"metric: {chosen.spec} for output {name!r} (--metric)"
 
 
 def _search(ug: UnitGraph, feeds: dict[str, np.ndarray], *, criterion: str,
@@ -139,6 +156,7 @@ def compile(model: str | Path | onnx.ModelProto | UnitGraph, plan: Plan) -> onnx
     return compile_plan(ug, plan).model
 
 
+@work.counted
 def compress(
     model: str | Path | onnx.ModelProto,
     data: Data = None,
@@ -162,6 +180,7 @@ def compress(
     on_plan: Callable[[SearchResult], None] | None = None,
     certify: float | None = None,
     delta: float = 0.05,
+    metric: str | agreements.Metric | None = None,
 ) -> Result:
     """Finds a sparse causal abstraction of `model` and compiles it.
 
@@ -185,10 +204,15 @@ def compress(
     >= F0. A fidelity target or certificate missed on the validation split is searched again
     with a stricter target (at most twice); if it still misses, `Result.missed` says so (the
     CLI exits 4). The compiled model is never larger than the original (compiler.cost_guard).
+    `metric`: what agreement means for the first output (evaluation.agreements spec such as
+    "top1", "token-top1", "cosine", "rel-mse", "within:3"); None chooses from the output's
+    shape and says why in the notes. Fidelity, IIA, the rules and the bounds all use it.
     """
     t0 = time.perf_counter()
     if align is not None:
         check_block(align)
+    if metric is not None:
+        agreements.parse(metric)  # a bad spec fails before any work
     if certify is not None and not 0 < certify < 1:
         raise ScmoptError(f"--certify must be in (0, 1), not {certify}")
     if not 0 < delta < 1:
@@ -202,6 +226,9 @@ def compress(
     ug = find_units(original)
     feeds, labels, notes = prepare_data(ug.model, data, samples, seed)
     n = len(next(iter(feeds.values())))
+    ledger = work.active()  # FPE: one pass of the model over these n samples (work.counted)
+    ledger.samples = n
+    chosen, metric_line = resolve_metric(ug.model, feeds, metric)
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(int(round(holdout * n)), 4)
     val, fit = order[:n_val], order[n_val:]
@@ -210,6 +237,7 @@ def compress(
     # costs before the search, so that nothing can fail after it (never raises; unknown shapes
     # are reported)
     cost_before = cost.model_cost(ug.model, {k: v[:1] for k, v in fit_feeds.items()}, device)
+    ledger.node_macs = cost_before.macs
     t1 = time.perf_counter()
     saved = plan
     target = certify if certify is not None else min_fidelity
@@ -229,7 +257,7 @@ def compress(
             found = _search(
                 ug, fit_feeds, budget=budget, min_fidelity=target, min_iia=min_iia,
                 keep=keep, criterion=criterion, fold=fold, batch_size=batch_size,
-                device=device, seed=seed, progress=progress, p=swap_p,
+                device=device, seed=seed, progress=progress, p=swap_p, metric=chosen,
             )  # fmt: skip
             if on_plan is not None:
                 on_plan(found)
@@ -240,7 +268,7 @@ def compress(
             found.plan.validate(ug)
         plan, compiled, cost_after, t2, t3, err, m, y_val = _build(
             ug, found, align, notes, cost_before, val_feeds, labels, val, batch_size, device,
-            tolerance, swap_p, seed,
+            tolerance, swap_p, seed, chosen,
         )  # fmt: skip
         missed = _missed(m, min_fidelity, certify, delta, seed)
         if missed is None or saved is not None or target is None or target >= 1.0:
@@ -272,6 +300,7 @@ def compress(
             "validate": t4 - t3,
             "search": dict(found.timing),  # the analysis stages
         },
+        work=ledger.as_dict(),
         groups=report.group_rows(ug, plan),
         plan=plan.to_dict(),
         trajectory=found.trajectory,
@@ -288,6 +317,8 @@ def compress(
             "delta": delta,
             "seed": seed,
             "swap_p": swap_p,
+            "metric": chosen.spec,
+            "metric_why": metric_line,
             "samples": n,
             "holdout": n_val,
         },  # fmt: skip
@@ -299,7 +330,7 @@ def compress(
 
 
 def _build(ug, found, align, notes, cost_before, val_feeds, labels, val, batch_size, device,
-           tolerance, swap_p, seed):  # fmt: skip
+           tolerance, swap_p, seed, metric):  # fmt: skip
     """Aligns, guards the size of, compiles and validates a search's plan (see compress)."""
     plan = found.plan
     if align is not None:
@@ -310,16 +341,18 @@ def _build(ug, found, align, notes, cost_before, val_feeds, labels, val, batch_s
                          f"keep multiples of {align} channels")  # fmt: skip
     t2 = time.perf_counter()
     sample = {k: v[:1] for k, v in val_feeds.items()}
-    guarded = never_larger(ug, plan, cost_before,
-                           lambda c: cost.model_cost(c.model, sample, device))  # fmt: skip
+    with work.stage("compile"):
+        guarded = never_larger(ug, plan, cost_before,
+                               lambda c: cost.model_cost(c.model, sample, device))  # fmt: skip
     plan, compiled, cost_after = guarded.plan, guarded.compiled, guarded.cost
     notes.extend(guarded.notes)
     for when, c in (("before", cost_before), ("after", cost_after)):
         if c.unknown:
             notes.append(f"FLOPs {when} are a lower bound{c.unknown_text()}, counted as 0")
     t3 = time.perf_counter()
-    f_sim = validate.logits(simulate(ug, plan), val_feeds, batch_size)
-    f_comp = validate.logits(compiled.model, val_feeds, batch_size)
+    with work.stage("compile"):  # the compiled model against the plan's simulation
+        f_sim = validate.logits(simulate(ug, plan), val_feeds, batch_size)
+        f_comp = validate.logits(compiled.model, val_feeds, batch_size)
     err = float(np.abs(f_comp - f_sim).max())
     scale = float(np.abs(f_sim).max()) or 1.0
     if err > tolerance * max(scale, 1.0):
@@ -329,8 +362,10 @@ def _build(ug, found, align, notes, cost_before, val_feeds, labels, val, batch_s
         )
     # every validation number on the compiled artifact, validation split, the search's draws
     y_val = None if labels is None else labels[val]
-    m = validate.evaluate_artifact(ug, compiled.model, compiled.kept_positions, val_feeds, y_val,
-                                   p=swap_p, seed=seed, batch_size=batch_size)  # fmt: skip
+    with work.stage("validation"):
+        m = validate.evaluate_artifact(ug, compiled.model, compiled.kept_positions, val_feeds,
+                                       y_val, p=swap_p, seed=seed, batch_size=batch_size,
+                                       metric=metric)  # fmt: skip
     return plan, compiled, cost_after, t2, t3, err, m, y_val
 
 
@@ -343,7 +378,7 @@ def _missed(m, min_fidelity: float | None, certify: float | None, delta: float,
             return (f"certified fidelity {lower:.4f} < --certify {certify} on the validation "
                     f"split (n={m.n}, delta {delta})")  # fmt: skip
     elif min_fidelity is not None and m.fidelity < min_fidelity:
-        return (f"target missed on the validation split: fidelity {m.fidelity:.4f} < "
+        return (f"target missed on the validation split: fidelity ({m.metric}) {m.fidelity:.4f} < "
                 f"--min-fidelity {min_fidelity} (n={m.n})")  # fmt: skip
     return None
 
@@ -351,7 +386,7 @@ def _missed(m, min_fidelity: float | None, certify: float | None, delta: float,
 def _with_metadata(model: onnx.ModelProto, plan: Plan, rep: Report) -> onnx.ModelProto:
     summary = {k: rep[k] for k in ("units", "params", "flops", "compile_max_abs_error",
                                    "fidelity")}  # fmt: skip
-    summary.update({k: rep["validation"][k] for k in ("risk", "iia")})
+    summary.update({k: rep["validation"][k] for k in ("risk", "iia", "metric")})
     props = {p.key: p.value for p in model.metadata_props}
     props["scmopt.version"] = __version__
     props["scmopt.plan"] = plan.to_json()
@@ -360,6 +395,14 @@ def _with_metadata(model: onnx.ModelProto, plan: Plan, rep: Report) -> onnx.Mode
     for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
     return model
+
+
+def metric_from_model(model: onnx.ModelProto) -> str | None:
+    """The metric spec a compressed model was made with (its metadata), if any."""
+    for p in model.metadata_props:
+        if p.key == "scmopt.summary":
+            return json.loads(p.value).get("metric")
+    return None
 
 
 def plan_from_model(model: onnx.ModelProto) -> Plan | None:

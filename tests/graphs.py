@@ -328,13 +328,14 @@ def fixed_batch_shape_chain(seed: int = 0) -> onnx.ModelProto:
 
 
 # 7. transformer -------------------------------------------------------------------------------
-def transformer_ffn(seed: int = 0) -> onnx.ModelProto:
+def transformer_ffn(seed: int = 0, tokens: bool = False) -> onnx.ModelProto:
     """A Hugging Face style encoder block's feed-forward half, as torch exports it (opset 17).
 
     x[B,5,16] -> MatMul(W1[16,32]) + b1 -> GELU as Div(sqrt 2) -> Erf -> Add(1) -> Mul(h) ->
     Mul(0.5) -> MatMul(W2[32,16]) + b2 -> Add(x) (residual) -> LayerNormalization(axis -1) ->
     ReduceMean over T -> Gemm(16->4). The 32 FFN neurons live on the last axis of [B,T,32];
     the 16 residual channels are normalised together by the LayerNormalization.
+    tokens: a token classifier instead: MatMul(16->4) + bias per position, y [B,5,4].
     """
     n = _Net(seed)
     h = n.op("MatMul", ["x", n.weight("ffn.in.weight", (16, 32), 16, 1.0)], "ffn_in")
@@ -350,6 +351,11 @@ def transformer_ffn(seed: int = 0) -> onnx.ModelProto:
     scale = n.tensor("ln.weight", n.rng.uniform(0.5, 1.5, 16).astype(np.float32))
     ln = n.op("LayerNormalization", [r, scale, n.bias("ln.bias", 16)], "ln", axis=-1,
               epsilon=1e-5)  # fmt: skip
+    if tokens:
+        t = n.op("MatMul", [ln, n.weight("head.weight", (16, 4), 16, 1.0)], "head")
+        n.op("Add", [t, n.bias("head.bias", 4)], "head_bias", out="y")
+        return n.model([_io("x", ["B", 5, 16])], [_io("y", ["B", 5, 4])], "token_classifier",
+                       "pytorch")  # fmt: skip
     p = n.op("ReduceMean", [ln], "pool", axes=[1], keepdims=0)
     n.op("Gemm", [p, n.weight("head.weight", (4, 16), 16, 1.0), n.bias("head.bias", 4)],
          "head", out="y", transB=1)  # fmt: skip

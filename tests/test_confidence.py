@@ -43,7 +43,7 @@ def test_all_successes_and_errors():
     assert 0.98 < b.lower <= 1.0
     assert certify(np.zeros(0), 0.05).lower == 0.0
     with pytest.raises(ValueError):
-        certify(np.array([0.5]), 0.05)
+        certify(np.array([1.5]), 0.05)  # graded scores are fine, out of [0, 1] is not
     with pytest.raises(ValueError):
         certify(np.ones(3), 1.5)
 

@@ -73,7 +73,10 @@ def test_plan_recompiles_to_the_same_model_without_searching(tmp_path, reference
     assert res.exit_code == 0, res.output
     assert out.read_bytes() == (d / "small.onnx").read_bytes()  # seed 3 came from the file
     a, b = (json.loads(p.read_text()) for p in (d / "r.json", tmp_path / "r.json"))
-    assert {k for k in a if a[k] != b[k]} == {"timing_s", "output"}
+    assert {k for k in a if a[k] != b[k]} == {"timing_s", "output", "work"}
+    # no search: no statistics, probes or held-out checks are counted, only compile/validation
+    assert "statistics" in a["work"]["by_stage"] and "statistics" not in b["work"]["by_stage"]
+    assert 0 < b["work"]["total"] < a["work"]["total"]
     assert "no search" in res.stderr and "warning" not in res.stderr
     assert not (tmp_path / "again.plan.json").exists()
 

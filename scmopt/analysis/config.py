@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scmopt.evaluation.agreements import TOP1, Metric
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -21,6 +23,7 @@ class SearchConfig:
     keep: float | None = None
     criterion: str = "curvature"
     fold: bool = True
+    metric: Metric = TOP1  # the agreement fidelity and IIA are measured with
     p: float = 0.5
     seed: int = 0
     batch_size: int = 256

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from scmopt.errors import ScmoptError
+from scmopt.evaluation.agreements import TOP1, Metric
 from scmopt.evaluation.interchange import (
     Feeds,
     HookedModel,
@@ -112,8 +113,10 @@ class Evaluator:
         p: float = 0.5,
         seed: int = 0,
         batch_size: int | None = None,
+        metric: Metric = TOP1,
     ) -> None:
         self.runner = runner
+        self.metric = metric
         self.data = data
         self.labels = labels
         n = len(next(iter(data.values())))
@@ -130,7 +133,7 @@ class Evaluator:
         cand = Side(self.runner.network(plan), self.data, self.sampler, self.batches)
         kept = {t: kept_mask(self.runner.ug, t, plan) for t in self.runner.sites}
         return compare(self.reference, cand, kept, self.labels, interventions=interventions,
-                       progress=progress)  # fmt: skip
+                       metric=self.metric, progress=progress)  # fmt: skip
 
 
 def measure(
@@ -144,10 +147,11 @@ def measure(
     batch_size: int = 256,
     device: str = "auto",
     interventions: bool = True,
+    metric: Metric = TOP1,
 ) -> Metrics:
     """One-shot convenience: the metrics of `plan` on `data` (builds a Runner)."""
     if not data:
         raise ScmoptError("no data to measure on")
     runner = Runner(ug, data, device=device, batch_size=batch_size)
-    ev = Evaluator(runner, data, labels, p=p, seed=seed)
+    ev = Evaluator(runner, data, labels, p=p, seed=seed, metric=metric)
     return ev.evaluate(plan, interventions=interventions)

@@ -49,6 +49,7 @@ from scmopt.analysis.scoring import Fit, Scorer, Scores, apply, risks, select
 from scmopt.analysis.stats import Values, collect
 from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
+from scmopt.runtime import work
 from scmopt.units.analysis import UnitGraph
 
 Progress = Callable[[str, int, int], None]
@@ -148,7 +149,12 @@ class _Search:
         self.hold = {k: v[hold] for k, v in data.items()}
         self.runner = Runner(ug, self.fit, device=device, batch_size=cfg.batch_size)
         self.evaluator = Evaluator(
-            self.runner, self.hold, None if labels is None else labels[hold], p=cfg.p, seed=seed
+            self.runner,
+            self.hold,
+            None if labels is None else labels[hold],
+            p=cfg.p,
+            seed=seed,
+            metric=cfg.metric,
         )
         self.prober = Prober(ug, self.runner.sites, batched=self.runner.batched, device=device)
         k = min(len(fit), cfg.curvature_samples)
@@ -183,25 +189,30 @@ class _Search:
     def analyse_stats(self, round_: int) -> None:
         """Statistics under the current plan (with the original's values for refits)."""
         t0 = time.perf_counter()
-        self.stats = collect(self.runner, self.fit, self.plan, p=self.p,
-                             seed=self.seed * 1000 + round_, progress=self.progress,
-                             original=True)  # fmt: skip
+        with work.stage("statistics"):
+            self.stats = collect(self.runner, self.fit, self.plan, p=self.p,
+                                 seed=self.seed * 1000 + round_, progress=self.progress,
+                                 original=True)  # fmt: skip
         self._add("stats", t0)
 
     def analyse(self, round_: int, focus) -> Scores:
         """Statistics and scores of the candidates under the current plan."""
         t0 = time.perf_counter()
         toward = self.cfg.toward_original and self.rule == "keep" and self.step is None
-        stats = collect(self.runner, self.fit, self.plan, p=self.p, seed=self.seed * 1000 + round_,
-                        progress=self.progress, original=toward)  # fmt: skip
+        with work.stage("statistics"):
+            stats = collect(self.runner, self.fit, self.plan, p=self.p,
+                            seed=self.seed * 1000 + round_, progress=self.progress,
+                            original=toward)  # fmt: skip
         self._add("stats", t0)
         if self.out_var is None:
             self.out_var = stats.out_variance  # the original's output variance
         self.stats = stats
         t0 = time.perf_counter()
-        sc = self.scorer.score(stats, self.plan, self.runner.plan_feeds(self.plan),
-                               self.candidates(), self.criterion, fold=self.fold,
-                               out_var=self.out_var, focus=focus, round_seed=round_)  # fmt: skip
+        with work.stage("curvature probes"):
+            sc = self.scorer.score(stats, self.plan, self.runner.plan_feeds(self.plan),
+                                   self.candidates(), self.criterion, fold=self.fold,
+                                   out_var=self.out_var, focus=focus,
+                                   round_seed=round_)  # fmt: skip
         self._add("scoring", t0)
         self.scores.update(sc.rank)  # kept units end with their latest score
         for k, v in sc.seconds.items():
@@ -265,7 +276,8 @@ class _Search:
         greedy of scoring.select; magnitude and random take their ranking's prefix."""
         t0 = time.perf_counter()
         try:
-            return self._choose(sc, count, budget, trace, target)
+            with work.stage("selection"):
+                return self._choose(sc, count, budget, trace, target)
         finally:
             self._add("selection", t0)
 
@@ -346,14 +358,19 @@ class _Search:
             return True
         t0 = time.perf_counter()
         if self.fit_evaluator is None:
-            self.fit_evaluator = Evaluator(self.runner, self.fit, None, p=self.p, seed=self.seed)
-        ok = self.fit_evaluator.evaluate(plan, interventions=False).fidelity >= self.rule_value
+            self.fit_evaluator = Evaluator(
+                self.runner, self.fit, None, p=self.p, seed=self.seed, metric=self.cfg.metric
+            )
+        with work.stage("held-out checks"):
+            m_fit = self.fit_evaluator.evaluate(plan, interventions=False)
+        ok = m_fit.fidelity >= self.rule_value
         self._add("measure", t0)
         return ok
 
     def measure(self, plan: Plan, interventions: bool = True) -> Metrics:
         t0 = time.perf_counter()
-        m = self.evaluator.evaluate(plan, interventions=interventions, progress=self.progress)
+        with work.stage("held-out checks"):
+            m = self.evaluator.evaluate(plan, interventions=interventions, progress=self.progress)
         self._add("measure", t0)
         return m
 

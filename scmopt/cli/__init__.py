@@ -65,8 +65,12 @@ def main() -> None:
 
 main.add_command(compress)
 
-KIND_NAMES = {"channel": "conv channels", "neuron": "dense neurons",
-              "token": "token features (FFN neurons, hidden channels)", "head": "attention heads"}
+KIND_NAMES = {
+    "channel": "conv channels",
+    "neuron": "dense neurons",
+    "token": "token features (FFN neurons, hidden channels)",
+    "head": "attention heads",
+}
 
 
 @main.command()
@@ -149,11 +153,16 @@ def _short(items: list[str], n: int = 4) -> str:
 @click.option("--data", required=True, type=click.Path())
 @click.option("--runs", default=20, show_default=True, type=click.IntRange(min=1),
               help="latency repetitions")  # fmt: skip
+@click.option(
+    "--metric",
+    help="agreement for the output (see `scmopt --help`; default: the "
+    "one the compressed model was made with, else chosen from the output's shape)",
+)
 @click.option("-v", "--verbose", is_flag=True)
-def validate_cmd(original, compressed, data, runs, verbose) -> None:
+def validate_cmd(original, compressed, data, runs, metric, verbose) -> None:
     """Fidelity, accuracy, IIA, parameters, FLOPs and CPU latency of both models."""
     try:
-        from scmopt.api import plan_from_model, prepare_data
+        from scmopt.api import metric_from_model, plan_from_model, prepare_data, resolve_metric
         from scmopt.compiler.compile import compile_plan
         from scmopt.evaluation import validate
         from scmopt.units.analysis import analyze
@@ -172,15 +181,18 @@ def validate_cmd(original, compressed, data, runs, verbose) -> None:
         fa, fb = validate.logits(a, one), validate.logits(b, one)
         if fa.shape != fb.shape:
             raise ScmoptError(f"output shapes differ: {fa.shape[1:]} vs {fb.shape[1:]}")
+        chosen, metric_line = resolve_metric(a, feeds, metric or metric_from_model(b))
+        click.echo(f"scmopt: {metric_line}", err=True)
         ug, plan = analyze(a), plan_from_model(b)
         kept = compile_plan(ug, plan).kept_positions if plan is not None else None
-        m = validate.evaluate_artifact(ug, b, kept, feeds, labels, interventions=plan is not None)
+        m = validate.evaluate_artifact(ug, b, kept, feeds, labels, interventions=plan is not None,
+                                       metric=chosen)  # fmt: skip
         rows = [("samples", str(m.n), ""),
                 ("parameters", f"{cost.count_params(a):,}", f"{cost.count_params(b):,}"),
                 ("FLOPs/sample", f"{cost.count_flops(a):,}", f"{cost.count_flops(b):,}"),
                 ("latency b=1 (ms)", f"{validate.latency_ms(a, feeds, 1, runs):.3f}",
                  f"{validate.latency_ms(b, feeds, 1, runs):.3f}"),
-                ("fidelity", "", f"{m.fidelity:.4f}"),
+                (f"fidelity ({m.metric})", "", f"{m.fidelity:.4f}"),
                 ("risk (plain inputs)", "", f"{m.risk_plain:.4g}")]  # fmt: skip
         if m.accuracy is not None:
             rows.append(("accuracy", f"{m.accuracy_original:.4f}", f"{m.accuracy:.4f}"))

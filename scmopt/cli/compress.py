@@ -18,9 +18,11 @@ from scmopt.cli.common import fail, num
 from scmopt.cli.progress import Progress
 from scmopt.errors import ScmoptError
 from scmopt.io import graph
+from scmopt.runtime import work
 
 SEARCH_ONLY = ("budget", "min_fidelity", "min_iia", "keep", "certify", "criterion", "no_fold")
-REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align")  # --plan: saved unless given
+# --plan: saved unless given
+REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align", "metric")
 
 
 @click.command()
@@ -30,7 +32,7 @@ REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align")  # --plan: saved
               ".npy, or a folder of images")  # fmt: skip
 @click.option("--budget", type=click.FloatRange(min=0), help="max normalised interventional risk")
 @click.option("--min-fidelity", type=click.FloatRange(0, 1),
-              help="min top-1 agreement with the original")  # fmt: skip
+              help="min agreement with the original (under --metric)")  # fmt: skip
 @click.option("--min-iia", type=click.FloatRange(0, 1),
               help="min interchange-intervention accuracy")  # fmt: skip
 @click.option("--keep", type=click.FloatRange(0, 1, min_open=True),
@@ -41,6 +43,9 @@ REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align")  # --plan: saved
 @click.option("--delta", default=0.05, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="the certificate holds with probability >= 1 - delta")  # fmt: skip
+@click.option("--metric", help="what agreement means for the output: top1, topk[:K], "
+              "token-top1, cosine, rel-mse, within:N, detection[:CONF] (default: chosen from the "
+              "output's shape, with a line saying why)")  # fmt: skip
 @click.option("--criterion", default="curvature", show_default=True,
               type=click.Choice(list(CRITERIA)))  # fmt: skip
 @click.option("--no-fold", is_flag=True, help="constants only, no folding")
@@ -75,6 +80,7 @@ def compress(**o: Any) -> None:
     saved: list[Path] = []
     try:
         run = _preflight(o)
+        progress.pending.append(run["metric_line"])  # shown once the work starts
         from scmopt.api import compress as compress_api
 
         if run["given"] is not None:
@@ -93,7 +99,7 @@ def compress(**o: Any) -> None:
             fold=not o["no_fold"], samples=o["samples"], batch_size=o["batch_size"],
             device=o["device"], seed=o["seed"], progress=progress, align=o["align"],
             swap_p=o["swap_p"], plan=run["given"], on_plan=on_plan, certify=o["certify"],
-            delta=o["delta"],
+            delta=o["delta"], metric=o["metric"],
         )  # fmt: skip
         progress.close()
         result.report["input"], result.report["output"] = run["in_path"], o["out_path"]
@@ -161,6 +167,9 @@ def _preflight(o: dict[str, Any]) -> dict[str, Any]:
     notes = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
     notes += checks.held_out(len(next(iter(feeds.values()))), o["samples"], o["min_fidelity"])
     checks.runnable(model, feeds)
+    from scmopt.api import resolve_metric
+
+    _, metric_line = resolve_metric(model, feeds, o["metric"])
     digests = {"model": planfile.digest(model=model), "data": planfile.digest(feeds, labels)}
     for what, value in digests.items():
         if given is not None and saved.get(f"{what}_sha1", value) != value:
@@ -176,7 +185,8 @@ def _preflight(o: dict[str, Any]) -> dict[str, Any]:
     settings.update({f"{k}_sha1": v for k, v in digests.items()})
     fed = None if data is None else {**feeds, **({} if labels is None else {"y": labels})}
     return {"model": model, "data": fed, "in_path": str(in_path), "given": given,
-            "plan_file": plan_file, "settings": settings, "notes": notes}  # fmt: skip
+            "plan_file": plan_file, "settings": settings, "notes": notes,
+            "metric_line": metric_line}  # fmt: skip
 
 
 def _select_output(model, name):
@@ -247,6 +257,11 @@ def _certified(fid: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _p5(fid: dict) -> str:
+    p5 = fid.get("agreement_p5")
+    return "" if p5 is None else f"; 5th percentile {p5:.4f}"
+
+
 def _summary(rep: dict, report_path: str | None, out_path: str, saved: list[Path]) -> None:
     u, fid = rep["units"], rep["validation"]
     rows = [
@@ -257,7 +272,8 @@ def _summary(rep: dict, report_path: str | None, out_path: str, saved: list[Path
         ("FLOPs/sample", f"{rep['flops']['before']:,} -> {rep['flops']['after']:,} "
                          f"({rep['flops']['after'] / max(rep['flops']['before'], 1):.1%})"),
         ("risk", num(fid.get("risk"))),
-        ("fidelity", f"{num(rep['fidelity'])} (validation split, n={fid['samples']})"),
+        ("fidelity", f"{num(rep['fidelity'])} ({fid.get('metric', 'top1')}"
+                     f"{_p5(fid)}, validation split, n={fid['samples']})"),
         ("IIA", f"{num(fid['iia'])} (p = {fid.get('iia_p', 0.5):g})"),
     ]  # fmt: skip
     rows += _certified(fid)
@@ -268,6 +284,7 @@ def _summary(rep: dict, report_path: str | None, out_path: str, saved: list[Path
     rows += [
         ("compile error", f"{rep['compile_max_abs_error']:.2e} (vs simulation)"),
         ("time", f"{rep['timing_s']['total']:.1f} s"),
+        ("work", work.describe(rep.get("work") or {})),
         ("written", ", ".join(written + ([f"report {report_path}"] if report_path else []))),
     ]
     for note in rep.get("notes", []):

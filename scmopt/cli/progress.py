@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from scmopt.cli.common import num
+from scmopt.runtime import work
 
 HEARTBEAT_S = 10.0  # without a terminal, a line at least this often (module-level: tests)
 
@@ -27,6 +28,7 @@ class Progress:
         self.stage: str | None = None
         self.state = {"round": "", "stage": "", "plan": ""}
         self.bar: Any = None
+        self.pending: list[str] = []  # lines shown at the first event (once work has started)
         self.done = 0
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -35,6 +37,7 @@ class Progress:
             self.beat.start()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        self._flush()
         if self.bars:
             self._bar(stage, done, total)
         elif self.lines:
@@ -60,6 +63,7 @@ class Progress:
     def note(self, text: str, bars: bool = True, stage: bool = False) -> None:
         """A line of its own (on a terminal too when `bars`); `stage`: `text` names the stage
         that runs now (the heartbeat lines repeat it)."""
+        self._flush()
         if self.bars and bars:
             self._close_bar()
             click.echo(f"scmopt: {text}", err=True)
@@ -68,6 +72,10 @@ class Progress:
                 if stage:
                     self.state.update(round="", stage=text)
                 self._line(text)
+
+    def _flush(self) -> None:
+        while self.pending and (self.bars or self.lines):
+            click.echo(f"scmopt: {self.pending.pop(0)}", err=True)
 
     def close(self) -> None:
         """Stops the heartbeat and closes the bar (idempotent)."""
@@ -81,7 +89,9 @@ class Progress:
 
     def _line(self, text: str) -> None:
         self.last = time.perf_counter()
-        click.echo(f"scmopt: {self.last - self.t0:7.1f} s  {text}", err=True)
+        ledger = work.active()
+        fpe = f"{ledger.total:7.1f} FPE  " if ledger is not None and ledger.samples else ""
+        click.echo(f"scmopt: {self.last - self.t0:7.1f} s  {fpe}{text}", err=True)
 
     def _beat(self) -> None:
         while True:

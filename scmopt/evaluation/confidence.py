@@ -1,5 +1,6 @@
-"""Anytime-valid lower confidence bounds on a success rate (fidelity, IIA) from i.i.d. 0/1
-trials, as the companion paper certifies the flip rate (issue 14).
+"""Anytime-valid lower confidence bounds on a success rate (fidelity, IIA) from i.i.d. trials
+scored in [0, 1] (0/1 for top-1; graded for cosine, rel-mse, ...), as the companion paper
+certifies the flip rate (issue 14). Both bounds need only that the scores are bounded in [0, 1].
 
 - Hoeffding with a union bound over the sample size: at n trials the radius is
   sqrt(log(1 / delta_n) / (2 n)), delta_n = 6 delta / (pi^2 n^2), so the bound holds at every n
@@ -76,10 +77,10 @@ def betting_lower(x: np.ndarray, delta: float, grid: int = 2001, c: float = 0.75
 
 
 def certify(x: np.ndarray, delta: float = 0.05) -> Bound:
-    """Point estimate and both lower bounds of the success rate of 0/1 trials `x`."""
+    """Point estimate and both lower bounds of the mean of trials `x` scored in [0, 1]."""
     x = np.asarray(x, dtype=np.float64)
-    if x.size and not np.isin(x, (0.0, 1.0)).all():
-        raise ValueError("trials must be 0 or 1")
+    if x.size and not ((x >= 0.0) & (x <= 1.0)).all():
+        raise ValueError("trials must be scored in [0, 1]")
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), not {delta}")
     point = float(x.mean()) if x.size else float("nan")

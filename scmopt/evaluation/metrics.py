@@ -3,10 +3,10 @@
 Pure numpy on model outputs: the search's held-out checks (analysis.measure), the compiled
 artifact's validation (evaluation.validate), the CLI, the report and tools/ all end here.
 
-- agreement: the mean of a per-sample agreement score between a reference and a candidate
-  output. `top1` (argmax equal) is the metric today; any function with the `Agreement`
-  signature can be plugged in (issue 13: token-top1, cosine, rel-mse, within:N). IIA uses the
-  same agreement, under interchange interventions.
+- agreement: the mean of a per-sample agreement score in [0, 1] between a reference and a
+  candidate output, the metric of evaluation.agreements (top1 by default; topk, token-top1,
+  cosine, rel-mse, within:N, detection). Fidelity, IIA (the same agreement under interchange
+  interventions), the stopping rules and the confidence bounds all use it.
 - plain risk: E||f - f~||^2 / E||f - E f||^2 on plain inputs (f the reference).
 - interventional risk: the same distortion averaged uniformly over the null intervention and
   the interchange at each cut, normalised by the same plain output variance.
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from scmopt.evaluation import certificate, confidence
+from scmopt.evaluation.agreements import TOP1
 
 Agreement = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Rows = slice | np.ndarray
@@ -36,9 +37,7 @@ def flat(outputs: np.ndarray) -> np.ndarray:
     return a.reshape(len(a), int(np.prod(a.shape[1:]))).astype(np.float64)
 
 
-def top1(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """[n] per-sample top-1 agreement (1.0 when the argmax over all output values is equal)."""
-    return (flat(reference).argmax(1) == flat(candidate).argmax(1)).astype(np.float64)
+top1: Agreement = TOP1  # [n] per-sample top-1 agreement (argmax over all output values)
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray, metric: Agreement = top1) -> float:
@@ -109,21 +108,22 @@ class Metrics:
     certificate: dict[str, float] = field(default_factory=dict)
     n: int = 0
     unmapped: list[str] = field(default_factory=list)  # cuts a candidate's map did not cover
-    # 0/1 per trial: one per sample (fidelity), one per cut and sample (iia)
+    metric: str = "top1"  # the agreement's spec (evaluation.agreements)
+    fidelity_p5: float | None = None  # 5th percentile of the per-sample scores (graded metrics)
+    # scores in [0, 1] per trial: one per sample (fidelity), one per cut and sample (iia)
     trials: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _confidence: dict = field(default_factory=dict, repr=False, compare=False)
 
     def confidence(self, delta: float = 0.05, seed: int = 0) -> dict[str, dict[str, Any]]:
         """Anytime-valid lower bounds (evaluation.confidence) on fidelity (one trial per
         sample) and IIA (one per cut and sample, in a seeded random order) at level delta.
+        Both bounds hold for any scores in [0, 1] (graded metrics too), not only 0/1 trials.
         Made once per (delta, seed): the rule check and the report both ask."""
         key = (delta, seed)
         if key in self._confidence:
             return self._confidence[key]
         out: dict[str, dict[str, Any]] = self._confidence.setdefault(key, {})
         for what, x in self.trials.items():
-            if not np.isin(x, (0.0, 1.0)).all():  # a graded metric: no Bernoulli trials
-                continue
             x = np.random.default_rng([seed, 5]).permutation(x) if what == "iia" else x
             b = confidence.certify(x, delta)
             out[what] = {"point": b.point, "lower": b.lower, "hoeffding": b.hoeffding,
@@ -190,6 +190,8 @@ class Tally:
         sq = {t: v["sq"] for t, v in self._swap.items()}
         iia_per = {t: float(np.sum(v["agree"])) / n for t, v in self._swap.items()}
         labelled = self.labels is not None
+        spec = getattr(self.metric, "spec", "top1")
+        graded = not getattr(self.metric, "binary", True)
         return Metrics(
             risk=interventional_risk(self._plain["sq"], sq, var) if interventions else None,
             fidelity=float(np.sum(self._plain["agree"])) / n,
@@ -200,8 +202,13 @@ class Tally:
             accuracy_original=float(np.sum(self._plain["hit_ref"])) / n if labelled else None,
             d2=d2,
             risk_plain=_normalise(d2, var),
-            certificate=certificate.margin_bound(certificate.margins(ref), d2),
+            # the margin bound is on top-1 flips: it says nothing about another agreement
+            certificate=certificate.margin_bound(certificate.margins(ref), d2)
+            if spec == "top1" else {},
             n=self.n,
+            metric=spec,
+            fidelity_p5=float(np.percentile(self._plain["agree"], 5))
+            if graded and self.n else None,
             trials={"fidelity": self._plain["agree"].copy(),
                     **({"iia": np.concatenate([v["agree"] for v in self._swap.values()])}
                        if interventions and self._swap else {})},

@@ -27,6 +27,8 @@ def validation_detail(m: Metrics, *, p: float, search: dict[str, Any],
     return {
         "confidence": m.confidence(delta, seed),
         "agreement": m.fidelity,
+        "metric": m.metric,
+        "agreement_p5": m.fidelity_p5,
         "risk": m.risk,
         "risk_plain": m.risk_plain,
         "risk_per_cut": m.risk_per_cut,
@@ -59,6 +61,7 @@ class Report(Mapping):
     notes: list[str]
     settings: dict[str, Any]
     accuracy: dict[str, Any] | None = None  # before / after / samples, when labels are given
+    work: dict[str, Any] = field(default_factory=dict)  # FPE by stage (runtime.work.Ledger)
     output: str | None = None  # the output path, set by the CLI
     extra: dict[str, Any] = field(default_factory=dict)  # keys added by later steps
 

@@ -13,6 +13,7 @@ import networkx as nx
 from scmopt.plan import Plan
 from scmopt.report import abstraction, charts
 from scmopt.report.svg import COLORS, FONT
+from scmopt.runtime import work
 from scmopt.units.analysis import UnitGraph
 
 
@@ -154,10 +155,19 @@ def render_html(report: Mapping, ug: UnitGraph) -> str:
             + _unknown_flops(report["flops"]),
         ),
         ("interventional risk (normalised)", _fmt(fid.get("risk"))),
-        ("fidelity (top-1 agreement)", _fmt(_fidelity(report))),
+        (
+            f"fidelity ({fid.get('metric', 'top1')} agreement)",
+            _fmt(_fidelity(report))
+            + (
+                f" (5th percentile {_fmt(fid['agreement_p5'])})"
+                if fid.get("agreement_p5") is not None
+                else ""
+            ),
+        ),
         (f"IIA (mean over cuts, p = {fid.get('iia_p', 0.5):g})", _fmt(fid.get("iia"))),
         ("compile max abs error vs simulation", _fmt(report.get("compile_max_abs_error"))),
         ("time (s)", _fmt(report["timing_s"].get("total"))),
+        ("work (forward-pass equivalents)", work.describe(report.get("work") or {})),
     ]
     if report.get("accuracy"):
         acc = report["accuracy"]

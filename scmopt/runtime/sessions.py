@@ -18,6 +18,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from scmopt.errors import ScmoptError
+from scmopt.runtime import work
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -83,7 +84,8 @@ def session(
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
+        return work.wrap(sess, model)  # counted in FPE when a ledger is active
     except Exception as exc:
         # Newer onnx writers stamp an IR version this onnxruntime cannot read; the graph itself
         # is usually fine at the highest IR it supports (the output model keeps its own IR).
@@ -93,7 +95,8 @@ def session(
         lowered = onnx.ModelProto()
         lowered.CopyFrom(model)
         lowered.ir_version = int(found.group(1))
-        return ort.InferenceSession(lowered.SerializeToString(), opts, providers=providers(device))
+        sess = ort.InferenceSession(lowered.SerializeToString(), opts, providers=providers(device))
+        return work.wrap(sess, model)
 
 
 def batch_probe(
