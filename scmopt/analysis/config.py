@@ -24,6 +24,8 @@ class SearchConfig:
     criterion: str = "curvature"
     fold: bool = True
     metric: Metric = TOP1  # the agreement fidelity and IIA are measured with
+    # held-out checks intervene on each sample at one cut (2 passes, not 1 + cuts: FPE)
+    one_cut_checks: bool = True
     p: float = 0.5
     seed: int = 0
     batch_size: int = 256

@@ -114,9 +114,11 @@ class Evaluator:
         seed: int = 0,
         batch_size: int | None = None,
         metric: Metric = TOP1,
+        one_cut: bool = False,
     ) -> None:
         self.runner = runner
         self.metric = metric
+        self.one_cut = one_cut  # each sample intervened on at one cut (interchange.compare)
         self.data = data
         self.labels = labels
         n = len(next(iter(data.values())))
@@ -133,7 +135,7 @@ class Evaluator:
         cand = Side(self.runner.network(plan), self.data, self.sampler, self.batches)
         kept = {t: kept_mask(self.runner.ug, t, plan) for t in self.runner.sites}
         return compare(self.reference, cand, kept, self.labels, interventions=interventions,
-                       metric=self.metric, progress=progress)  # fmt: skip
+                       metric=self.metric, progress=progress, one_cut=self.one_cut)  # fmt: skip
 
 
 def measure(

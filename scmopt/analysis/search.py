@@ -155,6 +155,7 @@ class _Search:
             p=cfg.p,
             seed=seed,
             metric=cfg.metric,
+            one_cut=cfg.one_cut_checks,
         )
         self.prober = Prober(ug, self.runner.sites, batched=self.runner.batched, device=device)
         k = min(len(fit), cfg.curvature_samples)

@@ -240,6 +240,23 @@ class Side:
             self.cache[key] = out
         return out
 
+    def swapped_all(self, i: int, masks: dict[str, np.ndarray]) -> np.ndarray:
+        """[nb, K] outputs of batch i with each sample intervened on where `masks` (cut ->
+        [nb, C]) say; at most one cut per sample (compare(one_cut=True))."""
+        key = (i, "one cut", _key(masks))
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        base, source = self._captures(i)
+        x = take(self.data, self.batches[i])
+        out = flat(interchange(self.net, x, base, source, masks)[0])
+        if self.cache is not None:
+            self.cache[key] = out
+        return out
+
+
+def _key(masks: dict[str, np.ndarray]) -> bytes:
+    return b"".join(t.encode() + m.tobytes() for t, m in masks.items())
+
 
 def compare(
     reference: Side,
@@ -250,20 +267,38 @@ def compare(
     interventions: bool = True,
     metric: Agreement = top1,
     progress: Progress | None = None,
+    one_cut: bool = False,
 ) -> Metrics:
     """Metrics of `candidate` against `reference` on their (common) split and draws.
 
     kept: cut -> [C] bool kept channels (of the original cut); interchanges are made at these
-    cuts, with the sampler's masks restricted to the kept units."""
+    cuts, with the sampler's masks restricted to the kept units. Every sample is intervened on
+    at every cut (a full sweep: 1 + cuts passes), or with `one_cut` at one cut drawn by the
+    sampler (2 passes whatever the number of cuts: the same risk in expectation, each cut's
+    IIA from its share of the samples; the search's held-out checks)."""
     sampler, batches = reference.sampler, reference.batches
     cuts = list(kept) if interventions else []
     tally = Tally(sampler.n, cuts, labels, metric)
-    total, done = len(batches) * (1 + len(cuts)), 0
+    which = sampler.sites(len(cuts)) if one_cut else None
+    total, done = len(batches) * (1 + (min(1, len(cuts)) if one_cut else len(cuts))), 0
     for i, b in enumerate(batches):
         tally.plain(b, reference.plain(i), candidate.plain(i, capture=bool(cuts)))
         done += 1
         if progress:
             progress("measure", done, total)
+        if which is not None and cuts:
+            at = which[b]
+            masks = {t: sampler.mask(t, kept[t], b) & (at == k)[:, None]
+                     for k, t in enumerate(cuts)}  # fmt: skip
+            ref_out, cand_out = reference.swapped_all(i, masks), candidate.swapped_all(i, masks)
+            for k, t in enumerate(cuts):
+                rows = np.flatnonzero(at == k)
+                if len(rows):
+                    tally.swap(t, b.start + rows, ref_out[rows], cand_out[rows])
+            done += 1
+            if progress:
+                progress("measure", done, total)
+            continue
         for t in cuts:
             mask = sampler.mask(t, kept[t], b)
             tally.swap(t, b, reference.swapped(i, t, mask), candidate.swapped(i, t, mask))

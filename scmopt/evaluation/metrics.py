@@ -161,7 +161,8 @@ class Tally:
         self._ref: np.ndarray | None = None  # [n, K] reference outputs on plain inputs
         self._plain = {"sq": np.zeros(n), "agree": np.zeros(n), "hit": np.zeros(n),
                        "hit_ref": np.zeros(n)}  # fmt: skip
-        self._swap = {t: {"sq": np.zeros(n), "agree": np.zeros(n)} for t in self.cuts}
+        self._swap = {t: {"sq": np.zeros(n), "agree": np.zeros(n), "seen": np.zeros(n, bool)}
+                      for t in self.cuts}  # fmt: skip
 
     def plain(self, rows: Rows, reference: np.ndarray, candidate: np.ndarray) -> None:
         """Plain-input outputs of both networks for the samples `rows` of the split."""
@@ -180,6 +181,7 @@ class Tally:
         """Outputs of both networks under the interchange at `cut` for the samples `rows`."""
         self._swap[cut]["sq"][rows] = sq_error(reference, candidate)
         self._swap[cut]["agree"][rows] = self.metric(reference, candidate)
+        self._swap[cut]["seen"][rows] = True
 
     def metrics(self, interventions: bool = True) -> Metrics:
         """The reduced numbers (interventions=False: risk and IIA are None)."""
@@ -187,8 +189,13 @@ class Tally:
         var = output_variance(ref)
         n = max(self.n, 1)
         d2 = float(np.sum(self._plain["sq"])) / n
-        sq = {t: v["sq"] for t, v in self._swap.items()}
-        iia_per = {t: float(np.sum(v["agree"])) / n for t, v in self._swap.items()}
+        # a cut's numbers average over the samples intervened on there: all of them in a full
+        # sweep, the cut's share when each sample is intervened on at one cut (cuts nobody
+        # was intervened on are left out)
+        swaps = {t: v for t, v in self._swap.items() if v["seen"].any()}
+        sq = {t: v["sq"][v["seen"]] for t, v in swaps.items()}
+        iia_per = {t: float(np.sum(v["agree"][v["seen"]])) / int(v["seen"].sum())
+                   for t, v in swaps.items()}  # fmt: skip
         labelled = self.labels is not None
         spec = getattr(self.metric, "spec", "top1")
         graded = not getattr(self.metric, "binary", True)
@@ -210,6 +217,6 @@ class Tally:
             fidelity_p5=float(np.percentile(self._plain["agree"], 5))
             if graded and self.n else None,
             trials={"fidelity": self._plain["agree"].copy(),
-                    **({"iia": np.concatenate([v["agree"] for v in self._swap.values()])}
-                       if interventions and self._swap else {})},
+                    **({"iia": np.concatenate([v["agree"][v["seen"]] for v in swaps.values()])}
+                       if interventions and swaps else {})},
         )  # fmt: skip

@@ -418,6 +418,11 @@ class Resize(OnLabelled):
     def slice(self, node, keep):
         out = node.outputs[0].name
         if keep.changed(out) and len(node.inputs) > 3 and node.inputs[3].name:
+            if const_value(node.inputs[3]) is None:
+                # sizes built at run time (interpolate(size=x.shape[2:])): their channel entry
+                # is read from the sliced tensor's Shape, so it already is the kept count; any
+                # other source is caught by compile's check against the simulation
+                return
             sizes = node.inputs[3].values.copy()
             sizes[keep.layout(out).axis] = int(keep.channels(out).sum())
             replace_constant(node, 3, sizes, "sliced")

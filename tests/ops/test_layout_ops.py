@@ -499,6 +499,11 @@ def spatial_net(op: str, opset: int = 17):
         )
     elif op == "Resize-sizes":
         s = n.op("Resize", [r, "", "", n.ints("sizes", [2, 6, 7, 9])], "resize", mode="linear")
+    elif op == "Resize-runtime":  # torch's interpolate(size=...) with a dynamic batch (CRAFT)
+        lead = n.op("Slice", [n.op("Shape", [r], "shape"), n.ints("s0", [0]), n.ints("s2", [2])],
+                    "lead")  # fmt: skip
+        sizes = n.op("Concat", [lead, n.ints("hw", [7, 9])], "sizes", axis=0)
+        s = n.op("Resize", [r, "", "", sizes], "resize", mode="linear")
     else:
         raise AssertionError(op)
     r2 = n.op("Relu", [conv(n, s, "conv2", 6, 4, 3)], "relu2")
@@ -509,7 +514,7 @@ def spatial_net(op: str, opset: int = 17):
 
 @pytest.mark.parametrize(
     "op",
-    ["Slice", "Pad", "Pad-reflect", "Resize-scales", "Resize-sizes"],
+    ["Slice", "Pad", "Pad-reflect", "Resize-scales", "Resize-sizes", "Resize-runtime"],
 )
 def test_spatial_ops_keep_the_layout(op):
     model = spatial_net(op)
