@@ -18,7 +18,7 @@ from scmopt.analysis.criteria import CRITERIA as ALL_CRITERIA
 from scmopt.compiler.compile import compile_plan
 from scmopt.compiler.cost_guard import never_larger
 from scmopt.errors import CompileMismatch, ScmoptError
-from scmopt.evaluation import agreements, validate
+from scmopt.evaluation import agreements, cells, validate
 from scmopt.evaluation.confidence import betting_lower, needed_rate
 from scmopt.io import graph
 from scmopt.io.data import load_data, random_data
@@ -181,6 +181,7 @@ def compress(
     certify: float | None = None,
     delta: float = 0.05,
     metric: str | agreements.Metric | None = None,
+    fold_parents: int = 6,
 ) -> Result:
     """Finds a sparse causal abstraction of `model` and compiles it.
 
@@ -207,6 +208,8 @@ def compress(
     `metric`: what agreement means for the first output (evaluation.agreements spec such as
     "top1", "token-top1", "cosine", "rel-mse", "within:3"); None chooses from the output's
     shape and says why in the notes. Fidelity, IIA, the rules and the bounds all use it.
+    `fold_parents`: at most this many kept units per fold (1: one-parent folds, so each
+    removed unit belongs wholly to one kept unit's cell; evaluation.cells).
     """
     t0 = time.perf_counter()
     if align is not None:
@@ -258,6 +261,7 @@ def compress(
                 ug, fit_feeds, budget=budget, min_fidelity=target, min_iia=min_iia,
                 keep=keep, criterion=criterion, fold=fold, batch_size=batch_size,
                 device=device, seed=seed, progress=progress, p=swap_p, metric=chosen,
+                max_coef=fold_parents,
             )  # fmt: skip
             if on_plan is not None:
                 on_plan(found)
@@ -302,6 +306,7 @@ def compress(
         },
         work=ledger.as_dict(),
         groups=report.group_rows(ug, plan),
+        cells=cells.cells(ug, plan),
         plan=plan.to_dict(),
         trajectory=found.trajectory,
         scores=dict(found.scores),
@@ -318,6 +323,7 @@ def compress(
             "seed": seed,
             "swap_p": swap_p,
             "metric": chosen.spec,
+            "fold_parents": fold_parents,
             "metric_why": metric_line,
             "samples": n,
             "holdout": n_val,
@@ -365,7 +371,7 @@ def _build(ug, found, align, notes, cost_before, val_feeds, labels, val, batch_s
     with work.stage("validation"):
         m = validate.evaluate_artifact(ug, compiled.model, compiled.kept_positions, val_feeds,
                                        y_val, p=swap_p, seed=seed, batch_size=batch_size,
-                                       metric=metric)  # fmt: skip
+                                       metric=metric, plan=plan)  # fmt: skip
     return plan, compiled, cost_after, t2, t3, err, m, y_val
 
 

@@ -87,7 +87,7 @@ def test_summary_table_and_html_report(tmp_path, calib):
         assert word in res.output
     page = rep.read_text()
     assert page.count("<svg") >= 4 and "certificate" in page.lower()
-    assert "IIA (mean over cuts, p = 0.5)" in page and "(p = 0.5)" in res.output
+    assert "IIA (mean over cuts, p = 0.5)" in page and "(p = 0.5;" in res.output
 
 
 def test_validate_command(compressed, calib):

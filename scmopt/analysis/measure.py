@@ -27,6 +27,7 @@ from scmopt.evaluation.interchange import (
     kept_mask,
     sites,
     split_batches,
+    take,
 )
 from scmopt.evaluation.metrics import Metrics
 from scmopt.evaluation.sampler import InterventionSampler
@@ -96,6 +97,21 @@ class Runner(HookedModel):
     def network(self, plan: Plan | None) -> Network:
         """The network of `plan` (None: the original) on this session."""
         return Network(self, plan, self.plan_feeds(plan))
+
+    CACHE_BYTES = 512 * 2**20  # the original's captures kept between statistics rounds
+
+    def original_captures(self, data: Feeds, rows: slice) -> dict[str, np.ndarray]:
+        """Site values of the original network on data[rows] (plain inputs): the same in every
+        statistics round of a search, so they are cached while they fit in CACHE_BYTES."""
+        cache = self.__dict__.setdefault("_orig_caps", {})
+        key = (id(data), rows.start, rows.stop)
+        if key in cache and cache[key][0] is data:
+            return cache[key][1]
+        caps = self.network(None).run(take(data, rows), capture=True)[1]
+        used = sum(v.nbytes for _, c in cache.values() for v in c.values())
+        if used + sum(v.nbytes for v in caps.values()) <= self.CACHE_BYTES:
+            cache[key] = (data, caps)
+        return caps
 
 
 class Evaluator:

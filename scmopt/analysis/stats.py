@@ -274,7 +274,7 @@ def collect(
         fsq += float(np.sum(f * f))
         base = [caps]
         if original:
-            base.append(nets[1].run(x, capture=True)[1])
+            base.append(runner.original_captures(data, b))
         for t in sites:
             cuts[t].plain.add(np.concatenate([c[t] for c in base], axis=1))
         done += 1

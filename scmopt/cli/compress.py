@@ -20,7 +20,16 @@ from scmopt.errors import ScmoptError
 from scmopt.io import graph
 from scmopt.runtime import work
 
-SEARCH_ONLY = ("budget", "min_fidelity", "min_iia", "keep", "certify", "criterion", "no_fold")
+SEARCH_ONLY = (
+    "budget",
+    "min_fidelity",
+    "min_iia",
+    "keep",
+    "certify",
+    "criterion",
+    "no_fold",
+    "fold_parents",
+)
 # --plan: saved unless given
 REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align", "metric")
 
@@ -49,6 +58,9 @@ REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align", "metric")
 @click.option("--criterion", default="curvature", show_default=True,
               type=click.Choice(list(CRITERIA)))  # fmt: skip
 @click.option("--no-fold", is_flag=True, help="constants only, no folding")
+@click.option("--fold-parents", default=6, show_default=True, type=click.IntRange(1, 64),
+              help="kept units a removed unit may be folded onto (1: one-parent folds, each "
+              "removed unit merged into one kept unit's cell)")  # fmt: skip
 @click.option("--samples", type=click.IntRange(min=1), help="use at most N calibration samples")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True,
@@ -99,7 +111,7 @@ def compress(**o: Any) -> None:
             fold=not o["no_fold"], samples=o["samples"], batch_size=o["batch_size"],
             device=o["device"], seed=o["seed"], progress=progress, align=o["align"],
             swap_p=o["swap_p"], plan=run["given"], on_plan=on_plan, certify=o["certify"],
-            delta=o["delta"], metric=o["metric"],
+            delta=o["delta"], metric=o["metric"], fold_parents=o["fold_parents"],
         )  # fmt: skip
         progress.close()
         result.report["input"], result.report["output"] = run["in_path"], o["out_path"]
@@ -274,7 +286,10 @@ def _summary(rep: dict, report_path: str | None, out_path: str, saved: list[Path
         ("risk", num(fid.get("risk"))),
         ("fidelity", f"{num(rep['fidelity'])} ({fid.get('metric', 'top1')}"
                      f"{_p5(fid)}, validation split, n={fid['samples']})"),
-        ("IIA", f"{num(fid['iia'])} (p = {fid.get('iia_p', 0.5):g})"),
+        ("IIA", f"{num(fid['iia'])} (p = {fid.get('iia_p', 0.5):g}; removed units keep their "
+                "base values in the original)"),
+        ("IIA, cells", f"{num(fid.get('iia_cells'))} (the abstraction's alignment: an "
+                       "interchange on a kept unit swaps its cell of folded units)"),
     ]  # fmt: skip
     rows += _certified(fid)
     if "accuracy" in rep:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
+from scmopt.evaluation.cells import extend
 from scmopt.evaluation.metrics import Agreement, Metrics, Tally, flat, top1
 from scmopt.evaluation.sampler import InterventionSampler
 from scmopt.plan import Plan
@@ -268,6 +269,7 @@ def compare(
     metric: Agreement = top1,
     progress: Progress | None = None,
     one_cut: bool = False,
+    cells: dict[str, np.ndarray] | None = None,
 ) -> Metrics:
     """Metrics of `candidate` against `reference` on their (common) split and draws.
 
@@ -275,7 +277,9 @@ def compare(
     cuts, with the sampler's masks restricted to the kept units. Every sample is intervened on
     at every cut (a full sweep: 1 + cuts passes), or with `one_cut` at one cut drawn by the
     sampler (2 passes whatever the number of cuts: the same risk in expectation, each cut's
-    IIA from its share of the samples; the search's held-out checks)."""
+    IIA from its share of the samples; the search's held-out checks). `cells` (cut -> parent
+    channel per channel, evaluation.cells.parents) also measures the cell-aligned IIA of a
+    full sweep: the reference swaps each kept unit's cell, the candidate the same mask."""
     sampler, batches = reference.sampler, reference.batches
     cuts = list(kept) if interventions else []
     tally = Tally(sampler.n, cuts, labels, metric)
@@ -301,7 +305,12 @@ def compare(
             continue
         for t in cuts:
             mask = sampler.mask(t, kept[t], b)
-            tally.swap(t, b, reference.swapped(i, t, mask), candidate.swapped(i, t, mask))
+            ref_out, cand_out = reference.swapped(i, t, mask), candidate.swapped(i, t, mask)
+            tally.swap(t, b, ref_out, cand_out)
+            if cells is not None:  # a cut without folds: the cells are the kept units alone
+                if t in cells:
+                    ref_out = reference.swapped(i, t, extend(mask, cells[t]))
+                tally.swap_cells(t, b, ref_out, cand_out)
             done += 1
             if progress:
                 progress("measure", done, total)

@@ -109,6 +109,9 @@ class Metrics:
     n: int = 0
     unmapped: list[str] = field(default_factory=list)  # cuts a candidate's map did not cover
     metric: str = "top1"  # the agreement's spec (evaluation.agreements)
+    # IIA under the abstraction's own alignment (evaluation.cells), when it was measured
+    iia_cells: float | None = None
+    iia_cells_per_cut: dict[str, float] = field(default_factory=dict)
     fidelity_p5: float | None = None  # 5th percentile of the per-sample scores (graded metrics)
     # scores in [0, 1] per trial: one per sample (fidelity), one per cut and sample (iia)
     trials: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
@@ -163,6 +166,7 @@ class Tally:
                        "hit_ref": np.zeros(n)}  # fmt: skip
         self._swap = {t: {"sq": np.zeros(n), "agree": np.zeros(n), "seen": np.zeros(n, bool)}
                       for t in self.cuts}  # fmt: skip
+        self._cells = {t: {"agree": np.zeros(n), "seen": np.zeros(n, bool)} for t in self.cuts}
 
     def plain(self, rows: Rows, reference: np.ndarray, candidate: np.ndarray) -> None:
         """Plain-input outputs of both networks for the samples `rows` of the split."""
@@ -183,6 +187,13 @@ class Tally:
         self._swap[cut]["agree"][rows] = self.metric(reference, candidate)
         self._swap[cut]["seen"][rows] = True
 
+    def swap_cells(self, cut: str, rows: Rows, reference: np.ndarray,
+                   candidate: np.ndarray) -> None:  # fmt: skip
+        """Outputs under the cell-aligned interchange at `cut` (evaluation.cells): the
+        reference swapped each kept unit's whole cell, the candidate the kept unit."""
+        self._cells[cut]["agree"][rows] = self.metric(reference, candidate)
+        self._cells[cut]["seen"][rows] = True
+
     def metrics(self, interventions: bool = True) -> Metrics:
         """The reduced numbers (interventions=False: risk and IIA are None)."""
         ref = self._ref if self._ref is not None else np.zeros((0, 1))
@@ -196,6 +207,8 @@ class Tally:
         sq = {t: v["sq"][v["seen"]] for t, v in swaps.items()}
         iia_per = {t: float(np.sum(v["agree"][v["seen"]])) / int(v["seen"].sum())
                    for t, v in swaps.items()}  # fmt: skip
+        cells = {t: float(np.mean(v["agree"][v["seen"]]))
+                 for t, v in self._cells.items() if v["seen"].any()}  # fmt: skip
         labelled = self.labels is not None
         spec = getattr(self.metric, "spec", "top1")
         graded = not getattr(self.metric, "binary", True)
@@ -214,6 +227,8 @@ class Tally:
             if spec == "top1" else {},
             n=self.n,
             metric=spec,
+            iia_cells=mean_iia(cells) if interventions and cells else None,
+            iia_cells_per_cut=cells if interventions else {},
             fidelity_p5=float(np.percentile(self._plain["agree"], 5))
             if graded and self.n else None,
             trials={"fidelity": self._plain["agree"].copy(),

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import onnx
 
+from scmopt.evaluation.cells import parents
 from scmopt.evaluation.interchange import (
     HookedModel,
     Network,
@@ -31,6 +32,7 @@ from scmopt.evaluation.interchange import (
 )
 from scmopt.evaluation.metrics import Agreement, Metrics, top1
 from scmopt.evaluation.sampler import InterventionSampler
+from scmopt.plan import Plan
 from scmopt.runtime.hooks import dynamic_batch
 from scmopt.runtime.sessions import accepts_batch, batched_session, run_batched, session
 from scmopt.units.analysis import UnitGraph
@@ -68,6 +70,7 @@ def evaluate_artifact(
     metric: Agreement = top1,
     device: str = "cpu",
     progress: Progress | None = None,
+    plan: Plan | None = None,
 ) -> Metrics:
     """Metrics of `candidate` (a compiled model, or any model whose cut tensors keep the
     original's names) against `ug.model` on `feeds`.
@@ -75,8 +78,9 @@ def evaluate_artifact(
     kept_positions: cut -> the original channel index of each of the candidate's channels
     (scmopt.api.Result.kept). Interchanges are made at every site the map covers; when it
     misses some (or is None), `unmapped` lists them and risk and iia are None (the per-cut
-    numbers of the mapped sites are still given). Guaranteed: with the same (feeds, p, seed)
-    the draws are those of analysis.measure.Evaluator, and no number depends on batch_size.
+    numbers of the mapped sites are still given). `plan`: the candidate's plan, for the
+    cell-aligned IIA (Metrics.iia_cells; evaluation.cells). Guaranteed: with the same (feeds,
+    p, seed) the draws are those of analysis.measure.Evaluator, and no number depends on batch_size.
     """
     every = sites(ug) if interventions else []
     kept_positions = kept_positions or {}
@@ -91,10 +95,11 @@ def evaluate_artifact(
         kept[t][np.asarray(kept_positions[t], dtype=np.int64)] = True
     m = compare(Side(Network(orig), feeds, sampler, batches),
                 Side(Network(comp), feeds, sampler, batches), kept, labels,
-                interventions=interventions, metric=metric, progress=progress)  # fmt: skip
+                interventions=interventions, metric=metric, progress=progress,
+                cells=None if plan is None else parents(ug, plan, cuts))  # fmt: skip
     m.unmapped = [t for t in every if t not in kept_positions]
     if m.unmapped:
-        m.risk = m.iia = None
+        m.risk = m.iia = m.iia_cells = None
     return m
 
 

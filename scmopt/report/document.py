@@ -35,6 +35,8 @@ def validation_detail(m: Metrics, *, p: float, search: dict[str, Any],
         "iia": m.iia,
         "iia_per_cut": m.iia_per_cut,
         "iia_p": p,
+        "iia_cells": m.iia_cells,
+        "iia_cells_per_cut": m.iia_cells_per_cut,
         "samples": m.n,
         "certificate": m.certificate,
         "search": search,
@@ -62,6 +64,8 @@ class Report(Mapping):
     settings: dict[str, Any]
     accuracy: dict[str, Any] | None = None  # before / after / samples, when labels are given
     work: dict[str, Any] = field(default_factory=dict)  # FPE by stage (runtime.work.Ledger)
+    # the alignment: cut -> {kept unit: [folded units in its cell]} (evaluation.cells)
+    cells: dict[str, Any] = field(default_factory=dict)
     output: str | None = None  # the output path, set by the CLI
     extra: dict[str, Any] = field(default_factory=dict)  # keys added by later steps
 

@@ -165,6 +165,7 @@ def render_html(report: Mapping, ug: UnitGraph) -> str:
             ),
         ),
         (f"IIA (mean over cuts, p = {fid.get('iia_p', 0.5):g})", _fmt(fid.get("iia"))),
+        ("IIA under the abstraction's alignment (cells)", _fmt(fid.get("iia_cells"))),
         ("compile max abs error vs simulation", _fmt(report.get("compile_max_abs_error"))),
         ("time (s)", _fmt(report["timing_s"].get("total"))),
         ("work (forward-pass equivalents)", work.describe(report.get("work") or {})),
@@ -225,6 +226,14 @@ def render_html(report: Mapping, ug: UnitGraph) -> str:
         "no layer groups",
     )  # fmt: skip
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.get("notes", []))
+    per_cells = fid.get("iia_cells_per_cut") or {}
+    cell_rows = [[html.escape(t), html.escape(k), str(len(v)), html.escape(", ".join(v[:6])
+                  + (" …" if len(v) > 6 else "")), _fmt(per_cells.get(t, ""))]
+                 for t, c in (report.get("cells") or {}).items()
+                 for k, v in sorted(c.items(), key=lambda kv: -len(kv[1]))[:12]]  # fmt: skip
+    cells_table = _table(["cut", "kept unit", "cell size", "folded units in its cell",
+                          "cut's cell-aligned IIA"], cell_rows,
+                         "no folds: every cell is a kept unit alone")  # fmt: skip
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>scmopt report: {html.escape(str(report.get("input", "")))}</title>
 <style>body{{font-family:{FONT};max-width:1200px;margin:20px auto;padding:0 12px;color:#222}}
@@ -246,5 +255,10 @@ spans several cuts (a residual stage) is one tall box, and the branches beside i
 into it. Hover a box or an edge for the producers and cut tensors.</p>
 <div class="scroll">{chart_graph}</div>
 <h2>Layer groups</h2>{group_table}
+<h2>Alignment (cells)</h2>
+<p>Each folded unit is merged into the cell of the kept unit that carries most of its fold; an
+interchange on a kept unit swaps its whole cell in the original (the cell-aligned IIA). The
+largest cells per cut (all of them in the JSON report, key <code>cells</code>):</p>
+<div class="scroll">{cells_table}</div>
 <h2>Frozen units</h2>{frozen_table}
 </body></html>"""
