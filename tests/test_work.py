@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -46,8 +45,9 @@ def test_runs_count_samples_times_share_by_stage():
     model = two_layers()
     ledger = work.Ledger(100, cost.model_cost(model).macs, current="setup")
     x = np.ones((50, 8), np.float32)
-    assert isinstance(sessions.session(model, "cpu"), ort.InferenceSession)  # not counted
+    outside = sessions.session(model, "cpu")  # made without a ledger: never counted
     with work.counting(ledger):
+        outside.run(None, {"x": x})
         sess = sessions.session(model, "cpu")
         with work.stage("statistics"):
             sess.run(None, {"x": x})
@@ -73,3 +73,46 @@ def test_compress_reports_fpe_per_stage():
     # validation: at least the compiled model and the original on the 20 validation samples
     assert w["by_stage"]["validation"] >= 2 * 20 / 100 * 0.99
     assert work.active() is None
+
+
+def test_bound_runs_equal_plain_runs_count_and_reuse_uploads():
+    """The IOBinding path (GPU-ready hot loops) gives the numpy path's numbers on the CPU
+    provider, counts like it, and uploads a reused input once per array."""
+    model = two_layers()
+    x = np.random.default_rng(2).normal(size=(30, 8)).astype(np.float32)
+    ledger = work.Ledger(30, cost.model_cost(model).macs)
+    with work.counting(ledger):
+        sess = sessions.session(model, "cpu")
+        assert not sess.bind  # the CPU provider runs plainly unless asked
+        sess.bind = True
+        plain = sess.run(["y"], {"x": x})[0]
+        for _ in range(3):
+            bound = sess.run_bound(["y"], {"x": x}, reuse=["x"])[0]
+            np.testing.assert_array_equal(bound, plain)
+    assert sess.device == "cpu" and sess.uploads == 1
+    assert ledger.total == pytest.approx(4.0)
+    sess.run_bound(["y"], {"x": x.copy()}, reuse=["x"])  # another array: uploaded again
+    assert sess.uploads == 2
+
+
+def test_hooked_runs_through_the_binding_give_the_same_numbers():
+    """The hot loop of statistics and checks (HookedModel.run, plan M/B and zero perturbations
+    reused on the device) on the binding path equals the plain path on the CPU provider."""
+    from models import load_split, model_path
+    from plans import random_plan
+
+    from scmopt.analysis.measure import Runner
+    from scmopt.io import graph
+    from scmopt.units.analysis import analyze
+
+    ug = analyze(graph.load(model_path("cnn_digits")))
+    x = {k: v[:40] for k, v in load_split("cnn_digits", "test").items() if k != "y"}
+    runner = Runner(ug, x, device="cpu")
+    net = runner.network(random_plan(ug, 0.5, seed=1))
+    plain = net.run(x, capture=True)
+    runner.sess.bind = True
+    bound, again = net.run(x, capture=True), net.run(x, capture=True)
+    for out in (bound, again):
+        np.testing.assert_array_equal(out[0], plain[0])
+        assert all(np.array_equal(out[1][t], plain[1][t]) for t in plain[1])
+    assert runner.sess.uploads == len(runner.sites) * 3  # M, B, zero delta per site, once

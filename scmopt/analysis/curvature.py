@@ -209,8 +209,9 @@ class Prober:
         return out
 
     def _run_sub(self, sess, feeds: Feeds, n: int) -> np.ndarray:
-        if self.batched:
-            return sess.run([self.output], feeds)[0].reshape(n, -1)
+        if self.batched:  # the plan's M and B stay on the device between probes
+            plan = [k for k in feeds if k.endswith("::M") or k.endswith("::B")]
+            return sess.run_bound([self.output], feeds, plan)[0].reshape(n, -1)
         batch = {k for k, v in feeds.items() if not (k.endswith("::M") or k.endswith("::B"))}
         rows = [
             sess.run([self.output], {k: (v[i : i + 1] if k in batch else v)

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 
 from scmopt.errors import ScmoptError
 from scmopt.runtime import work
+from scmopt.runtime.binding import Session
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -69,8 +70,9 @@ def session(
     threads: int | None = None,
     spinning: bool = True,
     arena: bool = True,
-) -> ort.InferenceSession:
-    """An inference session for an in-memory model (no file round-trip).
+) -> Session:
+    """An inference session for an in-memory model (no file round-trip), as a
+    runtime.binding.Session (counted runs, an IOBinding path).
 
     `spinning=False` stops worker threads from busy-waiting after a run, which leaves the
     cores to numpy when analysis interleaves many short calls with array work. `arena=False`
@@ -85,7 +87,7 @@ def session(
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
-        return work.wrap(sess, model)  # counted in FPE when a ledger is active
+        return Session(sess, work.share_for(model))  # counted in FPE when a ledger is active
     except Exception as exc:
         # Newer onnx writers stamp an IR version this onnxruntime cannot read; the graph itself
         # is usually fine at the highest IR it supports (the output model keeps its own IR).
@@ -96,12 +98,12 @@ def session(
         lowered.CopyFrom(model)
         lowered.ir_version = int(found.group(1))
         sess = ort.InferenceSession(lowered.SerializeToString(), opts, providers=providers(device))
-        return work.wrap(sess, model)
+        return Session(sess, work.share_for(model))
 
 
 def batch_probe(
     model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: str
-) -> tuple[ort.InferenceSession | None, str | None]:
+) -> tuple[Session | None, str | None]:
     """(session, None) when `model` runs a batch of two samples and gives what it gives on each
     sample alone; else (None, reason). Never raises.
 
@@ -133,7 +135,7 @@ def batch_probe(
 
 def batched_session(
     model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: str
-) -> ort.InferenceSession | None:
+) -> Session | None:
     """A session for `model` when it runs on batches (see batch_probe), else None."""
     return batch_probe(model, feeds, device)[0]
 
@@ -151,7 +153,7 @@ def batches(feeds: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[s
 
 
 def run_batched(
-    sess: ort.InferenceSession,
+    sess: Session,
     feeds: Mapping[str, np.ndarray],
     batch_size: int = 256,
     outputs: list[str] | None = None,

@@ -9,8 +9,8 @@ probes and compiled models keep them), weighted by each linear node's MACs (ops.
 sharing no linear node with it counts 0, a model without counted FLOPs counts 1 per sample.
 
 Stages are set by the code that does the work (`stage("statistics")`), so the count needs no
-cooperation from the modules that run sessions: runtime.sessions wraps each session it makes
-while a ledger is active. Without a ledger nothing is counted and sessions are not wrapped.
+cooperation from the modules that run sessions: every session runtime.sessions makes while a
+ledger is active counts its runs (runtime.binding.Session); without one nothing is counted.
 """
 
 from __future__ import annotations
@@ -95,37 +95,20 @@ def stage(name: str) -> Iterator[None]:
         ledger.current = before
 
 
-class CountedSession:
-    """An onnxruntime session whose `run` adds its samples to the active ledger; everything
-    else is the session's own."""
-
-    def __init__(self, sess: Any, share: float) -> None:
-        self._sess = sess
-        self._share = share
-
-    def run(self, output_names, input_feed, *args, **kwargs):
-        ledger = active()
-        if ledger is not None:
-            ledger.add(_batch(self._sess, input_feed), self._share)
-        return self._sess.run(output_names, input_feed, *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sess, name)
-
-
-def _batch(sess: Any, feeds: Mapping[str, Any]) -> int:
+def batch_of(sess: Any, feeds: Mapping[str, Any]) -> int:
     """Samples of a run: axis 0 of the first graph input fed (1 for a scalar)."""
     for i in sess.get_inputs():
         if i.name in feeds:
-            a = np.asarray(feeds[i.name])
-            return int(a.shape[0]) if a.ndim else 1
+            a = feeds[i.name]
+            shape = a.shape() if callable(getattr(a, "shape", None)) else np.shape(a)
+            return int(shape[0]) if len(shape) else 1
     return 1
 
 
-def wrap(sess: Any, model: onnx.ModelProto) -> Any:
-    """`sess` counted into the active ledger (as is when none is active)."""
+def share_for(model: onnx.ModelProto) -> float | None:
+    """The share a session of `model` counts with (None: no active ledger, not counted)."""
     ledger = active()
-    return sess if ledger is None else CountedSession(sess, ledger.share(model))
+    return None if ledger is None else ledger.share(model)
 
 
 def counted(fn):
