@@ -146,8 +146,10 @@ def _search(ug: UnitGraph, feeds: dict[str, np.ndarray], *, criterion: str,
     The options become one frozen SearchConfig here, the only place it is built."""
     from scmopt.analysis.config import SearchConfig
     from scmopt.analysis.search import search
+    from scmopt.io.data import padding_mask
 
-    return search(ug, feeds, SearchConfig(criterion=criterion, **options), progress=progress)
+    config = SearchConfig(criterion=criterion, mask_input=padding_mask(feeds), **options)
+    return search(ug, feeds, config, progress=progress)
 
 
 def compile(model: str | Path | onnx.ModelProto | UnitGraph, plan: Plan) -> onnx.ModelProto:  # noqa: A001
@@ -232,6 +234,10 @@ def compress(
     ledger = work.active()  # FPE: one pass of the model over these n samples (work.counted)
     ledger.samples = n
     chosen, metric_line = resolve_metric(ug.model, feeds, metric)
+    from scmopt.io.data import padding_mask
+
+    if (masked := padding_mask(feeds)) is not None:
+        notes.append(f"padding tokens (0 in input {masked!r}) count in no statistic")
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(int(round(holdout * n)), 4)
     val, fit = order[:n_val], order[n_val:]

@@ -7,7 +7,7 @@ import pytest
 
 from models import load_split, model_path
 from scmopt.analysis.measure import Runner, ancestors, sites
-from scmopt.analysis.stats import CutStats, Moments, collect
+from scmopt.analysis.stats import CutStats, Moments, collect, token_weights
 from scmopt.io import graph
 from scmopt.units.analysis import analyze
 
@@ -115,3 +115,63 @@ def test_collect_original_values_under_a_plan():
     assert both.cuts[first].target_mean[0].mean() != pytest.approx(0.0)
     assert both.cuts[first].mean[0] == pytest.approx(np.zeros_like(both.cuts[first].mean[0]))
     assert both.cuts[first].covariance(1, "p", "o").shape == (c, c)
+
+
+# --- padding masks ----------------------------------------------------------------------------
+
+
+def _masked_reference(x: np.ndarray, w: np.ndarray):
+    """Per-position means over counted samples and E[a a^T] over counted (sample, position)."""
+    keep = w > 0
+    mean = np.stack([x[keep[:, p], :, p].mean(0) for p in range(x.shape[2])], axis=1)
+    tokens = np.concatenate([x[i][:, keep[i]] for i in range(len(x))], axis=1)  # [C, tokens]
+    return mean, tokens @ tokens.T / tokens.shape[1]
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_weighted_moments_skip_padding(pooled):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3, 5)) + 2.0
+    w = (rng.random((40, 5)) < 0.7).astype(float)
+    w[:, 0] = 1.0  # every position counts somewhere
+    garbage = np.where(w[:, None, :] > 0, x, 1e4)  # padding values must not matter
+    m = Moments(3, 5, pooled)
+    for s in (slice(0, 17), slice(17, 40)):  # batches do not matter
+        m.add(garbage[s].astype(np.float32), w[s])
+    mean, second = _masked_reference(x.astype(np.float32).astype(float), w)
+    if pooled:
+        keep = w > 0
+        tokens = np.concatenate([x[i][:, keep[i]] for i in range(40)], axis=1)
+        np.testing.assert_allclose(m.mean[:, 0], tokens.mean(1), rtol=1e-5)
+    else:
+        np.testing.assert_allclose(m.mean, mean, rtol=1e-5)
+    np.testing.assert_allclose(m.second, second, rtol=1e-5)
+    assert m.mean_positions == pytest.approx(w.sum() / 40)
+
+
+def test_weights_of_ones_equal_the_unweighted_moments_and_mixing_works():
+    x = np.random.default_rng(1).normal(size=(30, 4, 6)).astype(np.float32)
+    a, b, c = Moments(4, 6), Moments(4, 6), Moments(4, 6)
+    a.add(x)
+    b.add(x, np.ones((30, 6)))
+    c.add(x[:10])
+    c.add(x[10:], np.ones((20, 6)))  # unweighted samples first, then weighted ones
+    for other in (b, c):
+        np.testing.assert_allclose(other.mean, a.mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(other.second, a.second, rtol=1e-9, atol=1e-12)
+
+
+def test_token_weights_follow_tokens_and_heads_only():
+    from scmopt.io.data import padding_mask
+    from tests import graphs
+
+    ug = analyze(graphs.attention_block())
+    head_cut = next(t for t, c in ug.cuts.items() if ug.units[c.units[0]].kind == "head")
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
+    w = token_weights(ug, head_cut, mask, slice(0, 2), 5 * 4)  # 5 tokens x Dh = 4
+    assert w.shape == (2, 20) and w[0].tolist() == [1.0] * 8 + [0.0] * 12 and w[1].all()
+    assert token_weights(ug, head_cut, None, slice(0, 2), 20) is None
+    assert token_weights(ug, head_cut, mask, slice(0, 2), 7) is None  # not whole tokens
+    assert padding_mask({"attention_mask": mask, "x": np.zeros((2, 5))}) == "attention_mask"
+    assert padding_mask({"attention_mask": np.ones((2, 5), np.int64)}) is None  # no padding
+    assert padding_mask({"mask": np.full((2, 5), 0.5)}) is None  # not 0/1

@@ -26,6 +26,8 @@ class SearchConfig:
     metric: Metric = TOP1  # the agreement fidelity and IIA are measured with
     # held-out checks intervene on each sample at one cut (2 passes, not 1 + cuts: FPE)
     one_cut_checks: bool = True
+    # the graph input holding a [B, T] padding mask (io.data.padding_mask), if any
+    mask_input: str | None = None
     p: float = 0.5
     seed: int = 0
     batch_size: int = 256

@@ -147,6 +147,8 @@ class _Search:
         hold, fit = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
         self.fit = {k: v[fit] for k, v in data.items()}
         self.hold = {k: v[hold] for k, v in data.items()}
+        # padding mask of the fit split: padding tokens count in no statistic
+        self.mask = self.fit.get(cfg.mask_input) if cfg.mask_input else None
         self.runner = Runner(ug, self.fit, device=device, batch_size=cfg.batch_size)
         self.evaluator = Evaluator(
             self.runner,
@@ -193,7 +195,7 @@ class _Search:
         with work.stage("statistics"):
             self.stats = collect(self.runner, self.fit, self.plan, p=self.p,
                                  seed=self.seed * 1000 + round_, progress=self.progress,
-                                 original=True)  # fmt: skip
+                                 original=True, mask=self.mask)  # fmt: skip
         self._add("stats", t0)
 
     def analyse(self, round_: int, focus) -> Scores:
@@ -203,7 +205,7 @@ class _Search:
         with work.stage("statistics"):
             stats = collect(self.runner, self.fit, self.plan, p=self.p,
                             seed=self.seed * 1000 + round_, progress=self.progress,
-                            original=toward)  # fmt: skip
+                            original=toward, mask=self.mask)  # fmt: skip
         self._add("stats", t0)
         if self.out_var is None:
             self.out_var = stats.out_variance  # the original's output variance

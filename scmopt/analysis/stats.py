@@ -62,20 +62,29 @@ class Moments:
     s2: np.ndarray = field(init=False)  # [C, C] sum over samples of (1/P) sum_p y y^T
     shift: np.ndarray | None = None  # [C]
     npos: float = 0.0  # sum over samples of the number of positions
+    # with token weights (padding masks): per-position weight sums [P] ([1] pooled); None
+    # while every position of every sample counts
+    wpos: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.s1 = np.zeros((self.channels, 1 if self.pooled else self.positions))
         self.s2 = np.zeros((self.channels, self.channels))
 
-    def add(self, x: np.ndarray) -> None:
-        """x: [n, C, P] values of n samples."""
+    def add(self, x: np.ndarray, w: np.ndarray | None = None) -> None:
+        """x: [n, C, P] values of n samples; w: [n, P] 0/1 weights of the positions (padding
+        tokens 0: they count in no moment), None: all count."""
         n, c, p = x.shape
         if n == 0:
             return
         if self.shift is None:  # the first sample's means, whatever the batching; kept
             # exactly as the float32 value subtracted below
-            self.shift = x[0].mean(axis=1, dtype=np.float64).astype(np.float32).astype(float)
+            first = x[0] if w is None else x[0][:, w[0] > 0]
+            first = first if first.size else x[0]
+            self.shift = first.mean(axis=1, dtype=np.float64).astype(np.float32).astype(float)
         y = x.astype(np.float32) - self.shift.astype(np.float32)[None, :, None]
+        if w is not None or self.wpos is not None:
+            self._add_weighted(y, np.ones((n, p)) if w is None else w)
+            return
         if self.pooled:
             self.s1[:, 0] += y.mean(axis=2, dtype=np.float64).sum(axis=0)
         else:
@@ -84,18 +93,45 @@ class Moments:
         self.n += n
         self.npos += n * p
 
+    def _add_weighted(self, y: np.ndarray, w: np.ndarray) -> None:
+        """Token-weighted sums: moments are over the positions with weight 1 (see add)."""
+        n, _, p = y.shape
+        w32 = w.astype(np.float32)
+        if self.wpos is None:
+            self.wpos = np.zeros(1 if self.pooled else p)
+            if self.n:  # earlier unweighted samples: every position counted
+                self.wpos += self.n * (p if self.pooled else 1)
+                self.s1 *= p if self.pooled else 1
+                self.s2 *= p
+        yw = y * w32[:, None, :]
+        if self.pooled:
+            self.s1[:, 0] += yw.sum(axis=(0, 2), dtype=np.float64)
+            self.wpos += float(w.sum())
+        else:
+            self.s1 += yw.sum(axis=0, dtype=np.float64)
+            self.wpos += w.sum(axis=0)
+        self.s2 += np.matmul(yw, y.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
+        self.n += n
+        self.npos += float(w.sum())
+
     def _shift(self) -> np.ndarray:
         return np.zeros(self.channels) if self.shift is None else self.shift
 
     @property
     def mean(self) -> np.ndarray:
         """[C, P] per-position means ([C, 1] when pooled)."""
+        if self.wpos is not None:
+            return self.s1 / np.maximum(self.wpos, 1e-30)[None, :] + self._shift()[:, None]
         return self.s1 / max(self.n, 1) + self._shift()[:, None]
 
     @property
     def second(self) -> np.ndarray:
-        """[C, C] E[a a^T], pooled over positions."""
+        """[C, C] E[a a^T], pooled over positions (over the counted positions with weights)."""
         s = self._shift()
+        if self.wpos is not None:
+            tokens = max(float(self.wpos.sum()) if self.pooled else self.npos, 1e-30)
+            m = self.s1.sum(axis=1) / tokens
+            return self.s2 / tokens + np.outer(s, m) + np.outer(m, s) + np.outer(s, s)
         m = self.s1.mean(axis=1) / max(self.n, 1)
         return self.s2 / max(self.n, 1) + np.outer(s, m) + np.outer(m, s) + np.outer(s, s)
 
@@ -216,6 +252,20 @@ class Stats:
     n: int
 
 
+def token_weights(ug, cut: str, mask: np.ndarray | None, rows, positions: int
+                  ) -> np.ndarray | None:  # fmt: skip
+    """[rows, P] 0/1 weights of a cut's positions from the split's padding mask [n, T], or
+    None (no mask, or not a cut of token or head units). A cut's P positions are its T tokens,
+    each repeated over the positions within a unit (a head's Dh channels): token-major, as
+    units.layout.to_ncp lays out [B, T, H*Dh]."""
+    if mask is None or positions % mask.shape[1]:
+        return None
+    if not any(ug.units[u].kind in ("token", "head") for u in ug.cuts[cut].units):
+        return None
+    return np.repeat((np.asarray(mask)[rows] > 0).astype(np.float64),
+                     positions // mask.shape[1], axis=1)  # fmt: skip
+
+
 def collect(
     runner: Runner,
     data: dict[str, np.ndarray],
@@ -227,12 +277,15 @@ def collect(
     batch_size: int | None = None,
     progress: Progress | None = None,
     original: bool = False,
+    mask: np.ndarray | None = None,
 ) -> Stats:
     """Moments of every site under I with `plan` applied (see module docstring).
 
     original: when the plan removes units, also run the original network on the same inputs
     and interventions and keep joint moments of [plan; original] values, so replacements can
-    be fitted toward the original's values (CutStats.target_mean, covariance(.., "o"))."""
+    be fitted toward the original's values (CutStats.target_mean, covariance(.., "o")).
+    mask: [n, T] padding mask of the split (1 = a real token): at cuts of token and head
+    units, padding positions count in no moment (token_weights)."""
     original = bool(original and plan is not None and plan.removed)
     ug = runner.ug
     sites = runner.sites
@@ -276,7 +329,8 @@ def collect(
         if original:
             base.append(runner.original_captures(data, b))
         for t in sites:
-            cuts[t].plain.add(np.concatenate([c[t] for c in base], axis=1))
+            vals = np.concatenate([c[t] for c in base], axis=1)
+            cuts[t].plain.add(vals, token_weights(ug, t, mask, b, vals.shape[2]))
         done += 1
         if progress:
             progress("stats", done, total)
@@ -295,7 +349,8 @@ def collect(
         for t in sites:
             sel = np.isin(which[idx], [sites.index(h) for h in anc[t]])
             if sel.any():
-                cuts[t].up.add(np.concatenate([c[t][sel] for c in swapped], axis=1))
+                vals = np.concatenate([c[t][sel] for c in swapped], axis=1)
+                cuts[t].up.add(vals, token_weights(ug, t, mask, idx[sel], vals.shape[2]))
         done += 1
         if progress:
             progress("stats", done, total)

@@ -190,3 +190,15 @@ def random_data(specs: Specs, n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def _fmt(shape) -> str:
     return "[" + ", ".join("N" if i == 0 else str(d) for i, d in enumerate(shape)) + "]"
+
+
+def padding_mask(feeds: dict[str, np.ndarray]) -> str | None:
+    """The input holding a [B, T] padding mask (an attention mask: a name with "mask", 0/1
+    values, some zeros), or None. Statistics skip the positions it marks 0."""
+    for name, v in feeds.items():
+        if "mask" not in name.lower() or np.asarray(v).ndim != 2:
+            continue
+        a = np.asarray(v)
+        if a.dtype.kind in "biuf" and np.isin(a, (0, 1)).all() and not a.all():
+            return name
+    return None
