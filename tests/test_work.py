@@ -98,9 +98,9 @@ def test_bound_runs_equal_plain_runs_count_and_reuse_uploads():
 def test_hooked_runs_through_the_binding_give_the_same_numbers():
     """The hot loop of statistics and checks (HookedModel.run, plan M/B and zero perturbations
     reused on the device) on the binding path equals the plain path on the CPU provider."""
-    from models import load_split, model_path
     from plans import random_plan
 
+    from models import load_split, model_path
     from scmopt.analysis.measure import Runner
     from scmopt.io import graph
     from scmopt.units.analysis import analyze
