@@ -112,3 +112,21 @@ def test_one_cut_checks_intervene_once_per_sample_and_do_not_depend_on_batches(c
     a = compare(ev.reference, Side(cand, data, ev.sampler, ev.batches), single, y)
     b = compare(ev.reference, Side(cand, data, ev.sampler, ev.batches), single, y, one_cut=True)
     assert a.iia_per_cut == b.iia_per_cut and a.risk == pytest.approx(b.risk, rel=1e-12)
+
+
+def test_capture_memory_bounds_the_batch_and_changes_no_number(cnn, monkeypatch):
+    """Every site is captured at once: the batch is cut to what CAPTURE_BYTES holds (one
+    sample's captures measured), and the metrics are those of the large batch."""
+    from scmopt.evaluation.interchange import HookedModel
+
+    ug, data, y = cnn
+    plan = random_plan(ug, 0.5, seed=3)
+    wide = Evaluator(Runner(ug, data, device="cpu"), data, y, seed=5).evaluate(plan)
+    runner = Runner(ug, data, device="cpu")
+    per_sample = HookedModel.CAPTURE_BYTES // runner.max_batch
+    monkeypatch.setattr(HookedModel, "CAPTURE_BYTES", 10 * per_sample)
+    small = Runner(ug, data, device="cpu")
+    assert small.max_batch in (9, 10, 11) and small.batch_size == small.max_batch
+    ev = Evaluator(small, data, y, seed=5)
+    assert max(b.stop - b.start for b in ev.batches) <= small.max_batch
+    assert ev.evaluate(plan) == wide

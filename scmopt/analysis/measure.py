@@ -75,7 +75,8 @@ class Runner(HookedModel):
         batch_size: int = 256,
     ) -> None:
         super().__init__(ug, data, plan_inputs=True, device=device)
-        self.batch_size = batch_size if self.batched else 1
+        # a memory knob only: no number depends on it
+        self.batch_size = min(batch_size, self.max_batch) if self.batched else 1
         self._identity = self.plan_feeds(None)
 
     def plan_feeds(self, plan: Plan | None) -> Feeds:
@@ -141,7 +142,8 @@ class Evaluator:
         self.n = n
         self.sampler = InterventionSampler(n, p, seed)
         # per-sample models run one sample per call anyway: 64 only bounds the captures held
-        self.batches = split_batches(n, batch_size or (runner.batch_size if runner.batched else 64))
+        size = batch_size or (runner.batch_size if runner.batched else 64)
+        self.batches = split_batches(n, min(size, runner.max_batch))  # memory only
         self.reference = Side(runner.network(None), data, self.sampler, self.batches, cache=True)
 
     def evaluate(

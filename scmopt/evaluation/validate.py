@@ -88,7 +88,8 @@ def evaluate_artifact(
     orig = HookedModel(ug, feeds, cuts=cuts, device=device)
     comp = HookedModel(ug, feeds, model=candidate, kept=kept_positions, cuts=cuts, device=device)
     n = len(next(iter(feeds.values())))
-    sampler, batches = InterventionSampler(n, p, seed), split_batches(n, batch_size)
+    size = min(batch_size, orig.max_batch, comp.max_batch)  # memory only: changes no number
+    sampler, batches = InterventionSampler(n, p, seed), split_batches(n, size)
     kept = {}
     for t in cuts:
         kept[t] = np.zeros(ug.cuts[t].channels, dtype=bool)
