@@ -148,3 +148,25 @@ def test_probe_band_is_centred_on_the_cut_off_and_capped():
     assert wide == [f"u{i:03d}" for i in range(45, 195)]
     capped = _band(120, 0.5, 16)(pre)
     assert capped == [f"u{i:03d}" for i in range(112, 128)]
+
+
+def test_probe_budget_bounds_screen_and_band_by_fpe():
+    """The layer screen and the per-unit band each cost at most probe_fpe passes over the fit
+    split per round: on a small fit split they shrink, on the zoo's they do not bind."""
+    from scmopt.analysis.config import SearchConfig
+    from scmopt.analysis.curvature import Prober
+    from scmopt.analysis.measure import sites
+    from scmopt.analysis.search import probe_budget
+
+    ug = analyze(graph.load(model_path("cnn_digits")))
+    data = {k: v for k, v in load_split("cnn_digits", "calib").items() if k != "y"}
+    prober = Prober(ug, sites(ug), device="cpu")
+    big = {k: v[:614] for k, v in data.items()}
+    assert probe_budget(ug, prober, big, 32, SearchConfig()) == (None, 256)
+    small = {k: v[:40] for k, v in data.items()}
+    screen, cap = probe_budget(ug, prober, small, 32, SearchConfig(probe_fpe=1.0))
+    assert screen is not None and 4 <= screen < 32 and 8 <= cap < 256
+    # what they cost, by the same share model: within the budget (or at the floors)
+    assert probe_budget(ug, prober, small, 32, SearchConfig(probe_fpe=None)) == (None, 256)
+    res = search(ug, small, SearchConfig(keep=0.5, probe_fpe=1.0, device="cpu", seed=0))
+    assert len(res.plan.removed) > 0

@@ -38,6 +38,9 @@ class SearchConfig:
     eps: float = 0.05
     probe_fraction: float = 0.5
     max_probes: int = 256
+    # FPE per round (passes over the fit split) the layer screen and the per-unit probes may
+    # each cost: fewer screen samples and a narrower band where they would cost more
+    probe_fpe: float | None = 12.0
     step: int | None = None
     max_coef: int = 6
     toward_original: bool = True

@@ -270,6 +270,7 @@ class Scorer:
         ablation_chunk: int = 128,
         max_coef: int = 6,
         seed: int = 0,
+        screen_samples: int | None = None,
     ) -> None:
         self.ug = ug
         self.prober = prober
@@ -280,6 +281,7 @@ class Scorer:
         self.ablation_chunk = ablation_chunk
         self.seed = seed
         self.max_coef = max_coef
+        self.screen_samples = screen_samples  # probe samples the layer screen uses (None: all)
         self.sites = prober.sites
         self.norms = {t: curv.consumer_norms(ug, t) for t in self.sites}
 
@@ -359,6 +361,11 @@ class Scorer:
 
     def _layer(self, plan_feeds, kept, round_seed) -> dict[str, np.ndarray]:
         cache = self._cache(plan_feeds)
+        k = self.screen_samples
+        n = len(cache[self.prober.output])
+        if k is not None and k < n:  # the screen on the first k probe samples (FPE budget)
+            cache = {name: v[:k] if getattr(v, "ndim", 0) and len(v) == n else v
+                     for name, v in cache.items()}  # fmt: skip
         c = curv.layer(self.prober, cache, plan_feeds, kept, probes=self.layer_probes,
                        eps=self.eps, seed=self.seed * 1000 + round_seed)  # fmt: skip
         return c.kappa

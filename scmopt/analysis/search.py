@@ -48,6 +48,7 @@ from scmopt.analysis.rules import budget_mode, keep_mode, meets_rule, polish_pla
 from scmopt.analysis.scoring import Fit, Scorer, Scores, apply, risks, select
 from scmopt.analysis.stats import Values, collect
 from scmopt.errors import ScmoptError
+from scmopt.ops import cost
 from scmopt.plan import Plan
 from scmopt.runtime import work
 from scmopt.units.analysis import UnitGraph
@@ -163,8 +164,9 @@ class _Search:
         k = min(len(fit), cfg.curvature_samples)
         probe_idx = np.sort(np.random.default_rng([seed, 2]).choice(len(fit), k, replace=False))
         probe = {kk: v[probe_idx] for kk, v in self.fit.items()}
+        screen, self.unit_cap = probe_budget(ug, self.prober, self.fit, k, cfg)
         self.scorer = Scorer(ug, self.prober, probe, self.fit, eps=cfg.eps, seed=seed,
-                             max_coef=cfg.max_coef)  # fmt: skip
+                             max_coef=cfg.max_coef, screen_samples=screen)  # fmt: skip
         self.fit_evaluator: Evaluator | None = None
         self.plan = Plan()
         self.out_var: float | None = None
@@ -178,7 +180,7 @@ class _Search:
     seed = property(lambda self: self.cfg.seed)
     batch_size = property(lambda self: self.cfg.batch_size)
     probe_fraction = property(lambda self: self.cfg.probe_fraction)
-    max_probes = property(lambda self: self.cfg.max_probes)
+    max_probes = property(lambda self: self.unit_cap)  # cfg.max_probes within the budget
     step = property(lambda self: self.cfg.step)
     rule = property(lambda self: self.cfg.rule)
     rule_value = property(lambda self: self.cfg.rule_value)
@@ -376,6 +378,24 @@ class _Search:
             m = self.evaluator.evaluate(plan, interventions=interventions, progress=self.progress)
         self._add("measure", t0)
         return m
+
+
+def probe_budget(ug: UnitGraph, prober: Prober, fit: dict[str, np.ndarray], k: int,
+                 cfg: SearchConfig) -> tuple[int | None, int]:  # fmt: skip
+    """(layer-screen samples, per-unit probe cap) so that each costs at most cfg.probe_fpe
+    passes over the fit split per round. A probe of k samples on the subgraph below cut t
+    costs 2 k share_t / n (central differences; share_t its part of the model's MACs); the
+    screen makes `layer_probes` (4) of them per cut, the band one per probed unit."""
+    if cfg.probe_fpe is None or cfg.criterion != "curvature" or not prober.sites:
+        return None, cfg.max_probes
+    n = len(next(iter(fit.values())))
+    macs = cost.model_cost(ug.model, {key: v[:1] for key, v in fit.items()}, cfg.device).macs
+    shares = [max(work.graph_share(macs, prober.subs[t]), 1e-3) for t in prober.sites]
+    screen_cost = 4 * 2 * sum(shares) / n  # per probe sample
+    screen = int(cfg.probe_fpe / screen_cost)
+    unit_cost = 2 * k * float(np.mean(shares)) / n
+    cap = min(cfg.max_probes, max(8, int(cfg.probe_fpe / unit_cost)))
+    return (None if screen >= k else max(4, screen)), cap
 
 
 def _substitute(plan: Plan, gone: set[str]) -> None:

@@ -100,7 +100,9 @@ class HookedModel:
         }
         self.max_batch = self._max_batch(probe, plan_inputs)
 
-    CAPTURE_BYTES = 768 * 2**20  # site values one run may return (sets max_batch)
+    # site values one run may return (sets max_batch); a statistics round holds about six
+    # such sets at once (plan and original: bases, sources, swaps)
+    CAPTURE_BYTES = 192 * 2**20
 
     def _max_batch(self, probe: Feeds, plan_inputs: bool) -> int:
         """Samples per run whose captured site values stay under CAPTURE_BYTES: every site is

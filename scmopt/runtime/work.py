@@ -45,11 +45,7 @@ class Ledger:
 
     def share(self, model: onnx.ModelProto) -> float:
         """Fraction of the analysed model's MACs that `model`'s graph runs (see module doc)."""
-        total = self.total_macs
-        if total <= 0:
-            return 1.0
-        names = {n.name or (n.output[0] if n.output else "") for n in model.graph.node}
-        return min(1.0, sum(self.node_macs.get(k) or 0 for k in names) / total)
+        return graph_share(self.node_macs, model)
 
     def add(self, samples: int, share: float) -> None:
         """A run of `samples` samples through a graph holding `share` of the model."""
@@ -65,6 +61,16 @@ class Ledger:
         """{"total": FPE, "by_stage": {stage: FPE}, "runs": {stage: session runs}}."""
         return {"total": self.total, "by_stage": dict(self.fpe), "runs": dict(self.runs),
                 "samples": self.samples}  # fmt: skip
+
+
+def graph_share(node_macs: Mapping[str, int | None], model: onnx.ModelProto) -> float:
+    """Fraction of the MACs `node_macs` counts that `model`'s graph runs (nodes matched by
+    name, else first output); 1.0 when nothing is counted."""
+    total = float(sum(v for v in node_macs.values() if v))
+    if total <= 0:
+        return 1.0
+    names = {n.name or (n.output[0] if n.output else "") for n in model.graph.node}
+    return min(1.0, sum(node_macs.get(k) or 0 for k in names) / total)
 
 
 def active() -> Ledger | None:
