@@ -364,8 +364,8 @@ def transformer_ffn(seed: int = 0, tokens: bool = False) -> onnx.ModelProto:
 
 
 def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str = 5,
-                    heads: int = 4, layers: int = 1,
-                    shared_target: bool = False) -> onnx.ModelProto:  # fmt: skip
+                    heads: int = 4, layers: int = 1, shared_target: bool = False,
+                    hf_style: bool = False) -> onnx.ModelProto:  # fmt: skip
     """A BERT-style encoder layer as the TorchScript exporter writes it (opset 17).
 
     x[B,T,16] -> MatMul + Add (embedding projection) -> LayerNormalization -> q, k, v =
@@ -376,6 +376,10 @@ def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str
     (erf GELU) -> residual Add -> LayerNormalization -> ReduceMean over T -> Gemm (4 classes).
     `layers` stacks the layer; `shared_target` makes every head split of every layer read one
     run-time target (exports share such Concats), so non-uniform head counts need copies.
+    `hf_style`: as Hugging Face's SDPA attention exports (TorchScript): head split targets
+    [B, T, -1, Dh] built at run time (ONNX shape inference leaves the head axis unknown),
+    Where(IsNaN(probs), 0, probs) after the Softmax, and a no-op Reshape(B, -1, T, Dh) of the
+    context before its Transpose.
     """
     d, h = 16, heads
     dh = d // h
@@ -391,6 +395,8 @@ def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str
     shared: dict[str, str] = {}
 
     def target(name: str, tail: list[int], src: str) -> str:
+        if hf_style and tail == [h, dh]:
+            return target_of(name, [-1, dh], src)
         if not runtime_targets:
             return n.ints(f"{name}.shape", [0, 0, *tail])
         if shared_target and tail != [d]:
@@ -424,7 +430,18 @@ def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str
         s = n.op("Div", [s, n.scalar(f"{pre}scale", np.sqrt(dh))], f"{pre}scaled")
         s = n.op("Add", [s, "mask"], f"{pre}masked")
         s = n.op("Softmax", [s], f"{pre}probs", axis=-1)
+        if hf_style:
+            nan = n.op("IsNaN", [s], f"{pre}probs_nan")
+            s = n.op("Where", [nan, n.scalar(f"{pre}zero", 0.0), s], f"{pre}probs_clean")
         c = n.op("MatMul", [s, heads_["v"]], f"{pre}context")
+        if hf_style:  # Reshape(B, -1, T, Dh) of [B, H, T, Dh]: the same shape
+            shp = n.op("Shape", [c], f"{pre}context.shape_of")
+            b0 = n.op("Gather", [shp, n.ints(f"{pre}context.i0", [0])], f"{pre}context.b", axis=0)
+            t2 = n.op("Gather", [shp, n.ints(f"{pre}context.i2", [2])], f"{pre}context.t", axis=0)
+            tgt = n.op("Concat", [b0, n.ints(f"{pre}context.m1", [-1]), t2,
+                                  n.ints(f"{pre}context.dh", [dh])], f"{pre}context.target",
+                       axis=0)  # fmt: skip
+            c = n.op("Reshape", [c, tgt], f"{pre}context_same")
         c = n.op("Transpose", [c], f"{pre}context_t", perm=[0, 2, 1, 3])
         c = n.op("Reshape", [c, target(f"{pre}merge", [d], c)], f"{pre}merged")
         o = n.op("MatMul", [c, n.weight(f"{pre}out.weight", (d, d), d, 1.0)], f"{pre}out_proj")

@@ -71,6 +71,24 @@ def test_random_plans_compile_exactly(runtime, seq, seed):
     assert dims == {"x": ["B", seq, 16], "mask": ["B", 1, 1, seq]}
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hugging_face_sdpa_export_shapes_heads_are_units_and_compile_exactly(seed):
+    """HF's SDPA attention exported by TorchScript: head split targets [B, T, -1, Dh] built at
+    run time (ONNX inference leaves the head axis unknown: onnxruntime's symbolic inference
+    fills it in), Where(IsNaN(probs), 0, probs), a no-op Reshape(B, -1, T, Dh) of the
+    context. Without those three each head froze ("cannot be sliced" at the context MatMul)."""
+    model = attention_block(hf_style=True, seq="T", layers=2)
+    ug = units.analyze(model)
+    heads = [u for u in ug.units.values() if u.kind == "head"]
+    assert len(heads) == 8 and all(u.frozen is None for u in heads)
+    plan = random_plan(ug, 0.5, seed=seed)
+    assert any(u.kind == "head" for u in map(ug.units.get, plan.removed))
+    compiled = compile_plan(ug, plan).model
+    onnx.checker.check_model(compiled, full_check=True)
+    for t in (3, 9):
+        assert _err(compiled, simulate(ug, plan), _feeds(6, t, seed)) <= 1e-5
+
+
 @pytest.mark.parametrize("runtime", [False, True])
 def test_removing_heads_slices_q_k_v_and_rewrites_head_counts(runtime):
     ug = units.analyze(attention_block(runtime_targets=runtime, seq="T"))

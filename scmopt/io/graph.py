@@ -119,7 +119,41 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     out.doc_string = model.doc_string
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
-    return infer_shapes(out)
+    return refine_shapes(infer_shapes(out))
+
+
+def _vague(vi: onnx.ValueInfoProto) -> bool:
+    """ONNX inference left a dim unknown or invented a fresh symbol (unk__N) for it."""
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return True
+    return any(not d.HasField("dim_value") and (not d.dim_param or d.dim_param.startswith("unk__"))
+               for d in tt.shape.dim)  # fmt: skip
+
+
+def refine_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Where ONNX's shape inference left dims unknown (a head split Reshape(B, T, -1, Dh) with
+    a target built at run time, an Expand to a run-time shape: Hugging Face exports), takes
+    onnxruntime's symbolic shape inference instead, which follows the shape arithmetic; the
+    graph's inputs and outputs keep the export's dims. Unchanged when that inference fails."""
+    vague = {vi.name for vi in model.graph.value_info if _vague(vi)}
+    if not vague:
+        return model
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        sym = SymbolicShapeInference.infer_shapes(copy.deepcopy(model), auto_merge=True)
+    except Exception:  # noqa: BLE001 - an optional refinement: keep ONNX's shapes
+        return model
+    better = {vi.name: vi for vi in sym.graph.value_info
+              if vi.name in vague and not _vague(vi)}  # fmt: skip
+    if not better:
+        return model
+    out = copy.deepcopy(model)
+    for vi in out.graph.value_info:
+        if vi.name in better:
+            vi.CopyFrom(better[vi.name])
+    return out
 
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:

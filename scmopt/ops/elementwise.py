@@ -13,7 +13,7 @@ UNARY = (
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu",
     "Selu", "Celu", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Identity", "Dropout",
     "Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Sin", "Cos", "Clip", "Cast", "Floor",
-    "Ceil", "Round", "Sign", "Swish",
+    "Ceil", "Round", "Sign", "Swish", "IsNaN", "IsInf", "Not",
 )  # fmt: skip
 BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu", "Where")
 

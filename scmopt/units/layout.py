@@ -195,6 +195,10 @@ def reshape_layout(lay: Layout, in_shape: Sequence, out_shape: Sequence) -> Layo
     """The layout after a Reshape/Flatten from `in_shape` to `out_shape` (batch dims included),
     or a refusal. The channel of every element is followed through the row-major re-indexing;
     the output's channel axis is the one axis along which the channel varies."""
+    if len(in_shape) == len(out_shape) and all(
+        a == b and a is not None for a, b in zip(in_shape, out_shape, strict=True)
+    ):  # the same dims (symbols too): a no-op reshape (SDPA lowerings' Reshape(B, -1, T, Dh))
+        return lay
     grid = _channel_grid(lay, in_shape, out_shape)
     if isinstance(grid, str):
         return grid
