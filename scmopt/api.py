@@ -205,7 +205,8 @@ def compress(
     Without a rule the CLI's default holds: min_fidelity 0.99. `certify` F0 accepts a plan only
     when the anytime-valid lower bound (level `delta`, validation split) on its fidelity is
     >= F0. A fidelity target or certificate missed on the validation split is searched again
-    with a stricter target (at most twice); if it still misses, `Result.missed` says so (the
+    with a stricter target (at most three times, stopping early when a stricter search
+    returns a plan already built); if it still misses, `Result.missed` says so (the
     CLI exits 4). The compiled model is never larger than the original (compiler.cost_guard).
     `metric`: what agreement means for the first output (evaluation.agreements spec such as
     "top1", "token-top1", "cosine", "rel-mse", "within:3"); None chooses from the output's
@@ -260,7 +261,8 @@ def compress(
             )
         target = max(certify, need)
     missed: str | None = None
-    for _attempt in range(4):
+    tried: set[str] = set()  # plans already built: a stricter search that returns one stops
+    for attempt in range(4):
         t1 = time.perf_counter()
         if saved is None:
             found = _search(
@@ -281,7 +283,12 @@ def compress(
             tolerance, swap_p, seed, chosen,
         )  # fmt: skip
         missed = _missed(m, min_fidelity, certify, delta, seed)
-        if missed is None or saved is not None or target is None or target >= 1.0:
+        again = plan.to_json() not in tried
+        tried.add(plan.to_json())
+        if (missed is None or saved is not None or target is None or target >= 1.0
+                or attempt == 3 or not again):  # fmt: skip
+            if missed is not None and not again:
+                notes.append("the stricter search returned the same plan: no other to try")
             break
         notes.append(f"{missed}: searching again with a stricter target")
         target = min(1.0, target + (1.0 - target) / 2)  # halve the allowed disagreement

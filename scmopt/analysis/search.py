@@ -213,6 +213,8 @@ class _Search:
             self.out_var = stats.out_variance  # the original's output variance
         self.stats = stats
         t0 = time.perf_counter()
+        if self.progress:  # progress lines name the stage that runs (not the last "stats")
+            self.progress("curvature probes", 0, 1)
         with work.stage("curvature probes"):
             sc = self.scorer.score(stats, self.plan, self.runner.plan_feeds(self.plan),
                                    self.candidates(), self.criterion, fold=self.fold,
@@ -280,6 +282,8 @@ class _Search:
         """Units to remove now and the resulting plan. Criteria with a risk model use the lazy
         greedy of scoring.select; magnitude and random take their ranking's prefix."""
         t0 = time.perf_counter()
+        if self.progress:
+            self.progress("selection", 0, 1)
         try:
             with work.stage("selection"):
                 return self._choose(sc, count, budget, trace, target)
