@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -130,14 +131,19 @@ def resolve_metric(
     model: onnx.ModelProto, feeds: dict[str, np.ndarray], metric: str | agreements.Metric | None
 ) -> tuple[agreements.Metric, str]:
     """The agreement for the model's first output, bound to its per-sample shape (one run on
-    one sample gives the real shape), and a line saying which metric and why."""
+    one sample gives the real shape), and a line saying which metric and why. A metric this
+    function resolved already (the CLI's check before the work) is returned as it is."""
+    if isinstance(metric, agreements.Metric) and metric.note:
+        return metric, metric.note
     shape = tuple(validate.logits(model, {k: v[:1] for k, v in feeds.items()}).shape[1:])
     name = model.graph.output[0].name
     if metric is None:
         chosen, why = agreements.choose(shape)
-        return chosen, f"metric: {chosen.spec} for output {name!r}: {why} (--metric to change)"
-    chosen = agreements.parse(metric).bind(shape)
-    return chosen, f"metric: {chosen.spec} for output {name!r} (--metric)"
+        line = f"metric: {chosen.spec} for output {name!r}: {why} (--metric to change)"
+    else:
+        chosen = agreements.parse(metric).bind(shape)
+        line = f"metric: {chosen.spec} for output {name!r} (--metric)"
+    return dataclasses.replace(chosen, note=line), line
 
 
 def _search(ug: UnitGraph, feeds: dict[str, np.ndarray], *, criterion: str,

@@ -111,7 +111,7 @@ def compress(**o: Any) -> None:
             fold=not o["no_fold"], samples=o["samples"], batch_size=o["batch_size"],
             device=o["device"], seed=o["seed"], progress=progress, align=o["align"],
             swap_p=o["swap_p"], plan=run["given"], on_plan=on_plan, certify=o["certify"],
-            delta=o["delta"], metric=o["metric"], fold_parents=o["fold_parents"],
+            delta=o["delta"], metric=run["metric"], fold_parents=o["fold_parents"],
         )  # fmt: skip
         progress.close()
         result.report["input"], result.report["output"] = run["in_path"], o["out_path"]
@@ -181,7 +181,7 @@ def _preflight(o: dict[str, Any]) -> dict[str, Any]:
     checks.runnable(model, feeds)
     from scmopt.api import resolve_metric
 
-    _, metric_line = resolve_metric(model, feeds, o["metric"])
+    metric, metric_line = resolve_metric(model, feeds, o["metric"])
     digests = {"model": planfile.digest(model=model), "data": planfile.digest(feeds, labels)}
     for what, value in digests.items():
         if given is not None and saved.get(f"{what}_sha1", value) != value:
@@ -198,7 +198,7 @@ def _preflight(o: dict[str, Any]) -> dict[str, Any]:
     fed = None if data is None else {**feeds, **({} if labels is None else {"y": labels})}
     return {"model": model, "data": fed, "in_path": str(in_path), "given": given,
             "plan_file": plan_file, "settings": settings, "notes": notes,
-            "metric_line": metric_line}  # fmt: skip
+            "metric": metric, "metric_line": metric_line}  # fmt: skip
 
 
 def _select_output(model, name):

@@ -22,7 +22,7 @@ together. Specs (`--metric`, API `metric=`):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,6 +41,8 @@ class Metric:
     arg: float = 0.0
     binary: bool = True
     shape: tuple[int, ...] | None = None
+    # the line saying which metric and why, once resolved for a model (scmopt.api)
+    note: str = field(default="", compare=False)
 
     @property
     def spec(self) -> str:
