@@ -365,7 +365,8 @@ def transformer_ffn(seed: int = 0, tokens: bool = False) -> onnx.ModelProto:
 
 def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str = 5,
                     heads: int = 4, layers: int = 1, shared_target: bool = False,
-                    hf_style: bool = False) -> onnx.ModelProto:  # fmt: skip
+                    hf_style: bool = False,
+                    dynamo_kt: bool = False) -> onnx.ModelProto:  # fmt: skip
     """A BERT-style encoder layer as the TorchScript exporter writes it (opset 17).
 
     x[B,T,16] -> MatMul + Add (embedding projection) -> LayerNormalization -> q, k, v =
@@ -380,6 +381,9 @@ def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str
     [B, T, -1, Dh] built at run time (ONNX shape inference leaves the head axis unknown),
     Where(IsNaN(probs), 0, probs) after the Softmax, and a no-op Reshape(B, -1, T, Dh) of the
     context before its Transpose.
+    `dynamo_kt`: K^T as the dynamo exporter's SDPA lowering writes it: K Transpose [0,2,1,3],
+    Reshape([-1, T, Dh]) (batch and heads merged), Transpose [0,2,1], Reshape([B, H, Dh, T])
+    built at run time.
     """
     d, h = 16, heads
     dh = d // h
@@ -424,8 +428,19 @@ def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str
             y = n.op("MatMul", [a, n.weight(f"{pre}{w}.weight", (d, d), d, 1.0)], f"{pre}{w}_proj")
             y = n.op("Add", [y, n.bias(f"{pre}{w}.bias", d)], f"{pre}{w}_bias")
             y = n.op("Reshape", [y, target(f"{pre}{w}_split", [h, dh], y)], f"{pre}{w}_heads")
-            perm = [0, 2, 3, 1] if w == "k" else [0, 2, 1, 3]
+            perm = [0, 2, 3, 1] if w == "k" and not dynamo_kt else [0, 2, 1, 3]
             heads_[w] = n.op("Transpose", [y], f"{pre}{w}_t", perm=perm)
+        if dynamo_kt:
+            k = heads_["k"]
+            shp = n.op("Shape", [k], f"{pre}kt.shape_of")
+            dims = [n.op("Gather", [shp, n.ints(f"{pre}kt.i{i}", [i])], f"{pre}kt.d{i}", axis=0)
+                    for i in range(4)]  # fmt: skip
+            merge = n.op("Concat", [n.ints(f"{pre}kt.m1", [-1]), dims[2], dims[3]],
+                         f"{pre}kt.merge", axis=0)  # fmt: skip
+            k = n.op("Reshape", [k, merge], f"{pre}kt.merged")
+            k = n.op("Transpose", [k], f"{pre}kt.t", perm=[0, 2, 1])
+            split = n.op("Concat", [dims[0], dims[1], dims[3], dims[2]], f"{pre}kt.split", axis=0)
+            heads_["k"] = n.op("Reshape", [k, split], f"{pre}kt.split_heads")
         s = n.op("MatMul", [heads_["q"], heads_["k"]], f"{pre}scores")
         s = n.op("Div", [s, n.scalar(f"{pre}scale", np.sqrt(dh))], f"{pre}scaled")
         s = n.op("Add", [s, "mask"], f"{pre}masked")

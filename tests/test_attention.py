@@ -16,6 +16,7 @@ from plans import random_plan
 from scmopt import units
 from scmopt.cli import main
 from scmopt.compiler.compile import compile_plan
+from scmopt.io.graph import canonicalize
 from scmopt.ops.cost import count_params
 from scmopt.plan import Plan
 from scmopt.runtime.hooks import simulate
@@ -87,6 +88,51 @@ def test_hugging_face_sdpa_export_shapes_heads_are_units_and_compile_exactly(see
     onnx.checker.check_model(compiled, full_check=True)
     for t in (3, 9):
         assert _err(compiled, simulate(ug, plan), _feeds(6, t, seed)) <= 1e-5
+
+
+@pytest.mark.parametrize("hf_style", [False, True])
+def test_dynamo_key_transpose_through_a_batch_merge_keeps_heads_units(hf_style):
+    """The dynamo SDPA lowering's K^T, Reshape([-1, T, Dh]) -> Transpose([0, 2, 1]) ->
+    Reshape([B, H, Dh, T]), merges batch and heads; canonicalize makes it one Transpose
+    [0, 1, 3, 2] (io.key_transpose), computing the same. Without it every head froze (0/16 on
+    HF BertModel / ViTModel dynamo exports)."""
+    model = attention_block(dynamo_kt=True, hf_style=hf_style, seq="T", layers=2)
+    canon = canonicalize(model)
+    perms = [list(n.attribute[0].ints) for n in canon.graph.node if n.op_type == "Transpose"]
+    assert perms.count([0, 1, 3, 2]) == 2 and [0, 2, 1] not in perms
+    feeds = _feeds(5, 7, 0)
+    want, got = session(model).run(None, feeds)[0], session(canon).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    ug = units.analyze(model)
+    heads = [u for u in ug.units.values() if u.kind == "head"]
+    assert len(heads) == 8 and all(u.frozen is None for u in heads)
+    plan = random_plan(ug, 0.5, seed=1)
+    assert any(u.kind == "head" for u in map(ug.units.get, plan.removed))
+    compiled = compile_plan(ug, plan).model
+    onnx.checker.check_model(compiled, full_check=True)
+    for t in (3, 9):
+        assert _err(compiled, simulate(ug, plan), _feeds(6, t, 1)) <= 1e-5
+
+
+def test_key_transpose_rewrite_refuses_a_merge_that_is_not_batch_and_heads():
+    """A Reshape -> Transpose([0, 2, 1]) -> Reshape chain whose end does not restore the
+    input's leading (B, H) is a different function: left alone."""
+    import onnx_graphsurgeon as gs
+
+    from scmopt.io.key_transpose import fold_key_transpose
+
+    x = gs.Variable("x", np.float32, ["B", 4, 6, 2])
+    mid = gs.Variable("m", np.float32, ["BH", 6, 2])
+    t = gs.Variable("t", np.float32, ["BH", 2, 6])
+    y = gs.Variable("y", np.float32, ["B", 2, 4, 6])  # heads and Dh swapped: not K^T
+    c1 = gs.Constant("c1", np.array([-1, 6, 2], np.int64))
+    c2 = gs.Constant("c2", np.array([0, 2, 4, 6], np.int64))
+    nodes = [gs.Node("Reshape", "r1", inputs=[x, c1], outputs=[mid]),
+             gs.Node("Transpose", "tr", {"perm": [0, 2, 1]}, [mid], [t]),
+             gs.Node("Reshape", "r2", inputs=[t, c2], outputs=[y])]  # fmt: skip
+    graph = gs.Graph(nodes=nodes, inputs=[x], outputs=[y])
+    assert fold_key_transpose(graph) == 0
+    assert [n.op for n in graph.nodes] == ["Reshape", "Transpose", "Reshape"]
 
 
 @pytest.mark.parametrize("runtime", [False, True])

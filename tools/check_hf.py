@@ -1,7 +1,7 @@
 """Random-weight structure checks on Hugging Face BertModel / ViTModel exports (issue 12 item 5).
 
     python tools/check_hf.py [--only bert_ts17,vit_dynamo] [--no-compress] [--seeds 3]
-    python tools/check_hf.py --patched [shapes,noop,isnan,kt]   # diagnostic, tools/hf/patches.py
+    python tools/check_hf.py --patched [shapes,noop,isnan]   # diagnostic, tools/hf/patches.py
     python tools/check_hf.py --attn eager [--patched shapes]     # HF's eager attention
 
 Builds a small BertModel (hidden 64, 4 layers x 4 heads, intermediate 128, vocab 100, 32
@@ -363,7 +363,7 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(EXPORTS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--no-compress", action="store_true")
-    ap.add_argument("--patched", nargs="?", const="shapes,noop,isnan,kt", default="")
+    ap.add_argument("--patched", nargs="?", const="shapes,noop,isnan", default="")
     ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
     a = ap.parse_args()
     global ATTN

@@ -2,7 +2,8 @@
 
 Canonical form: every weight is an initializer (Constant / ConstantOfShape / Cast / Reshape
 chains folded), initializers are not listed as graph inputs (IR < 4 style), every node has a
-unique name, shapes are inferred. The canonical model computes exactly what the original does.
+unique name, shapes are inferred, the dynamo exporter's batch-merging K^T is one Transpose
+(io.key_transpose). The canonical model computes exactly what the original does.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from onnx import shape_inference
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from scmopt.errors import ScmoptError
+from scmopt.io.key_transpose import fold_key_transpose
 
 # Constant folding runs onnxruntime; neither its optimizer warnings nor graphsurgeon's chatter
 # are for our users.
@@ -108,18 +110,24 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
         if not node.name or node.name in seen:
             node.name = f"{node.op}_{i}"
         seen.add(node.name)
+    out = refine_shapes(infer_shapes(_export(graph, model)))
+    rewritten = gs.import_onnx(out)
+    if fold_key_transpose(rewritten):
+        out = refine_shapes(infer_shapes(_export(rewritten.cleanup().toposort(), model)))
+    return out
+
+
+def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """graphsurgeon's export with `like`'s IR version, opsets and model metadata."""
     out = gs.export_onnx(graph, do_type_check=False)
-    out.ir_version = model.ir_version
+    out.ir_version = like.ir_version
     del out.opset_import[:]
-    out.opset_import.extend(model.opset_import)
-    out.producer_name = model.producer_name
-    out.producer_version = model.producer_version
-    out.domain = model.domain
-    out.model_version = model.model_version
-    out.doc_string = model.doc_string
+    out.opset_import.extend(like.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, field, getattr(like, field))
     del out.metadata_props[:]
-    out.metadata_props.extend(model.metadata_props)
-    return refine_shapes(infer_shapes(out))
+    out.metadata_props.extend(like.metadata_props)
+    return out
 
 
 def _vague(vi: onnx.ValueInfoProto) -> bool:

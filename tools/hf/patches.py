@@ -11,17 +11,15 @@ experiments to locate the blockers, not fixes to ship as they are:
             input and output (the SDPA lowering's Reshape(B, -1, T, Dh) of [B, H, T, Dh]) is
             taken as equal instead of refusing "dynamic shapes around the channel axis".
 3. isnan    IsNaN handled as a channel-wise unary op (SDPA's Where(IsNaN(softmax), 0, softmax)).
-4. kt       canonicalize rewrites the dynamo SDPA's K^T, Reshape([-1, T, Dh]) -> Transpose([0, 2,
-            1]) -> Reshape([B, H, Dh, T]) (merges batch and heads), into Transpose([0, 1, 3, 2]).
+(A fourth, kt, the dynamo SDPA's batch-merging K^T as one Transpose, is now
+scmopt.io.key_transpose.)
 """
 
 from __future__ import annotations
 
 import copy
 
-import numpy as np
 import onnx
-from onnx import helper
 
 APPLIED: list[str] = []
 
@@ -74,56 +72,7 @@ def _isnan() -> None:
     register("IsNaN")(elementwise.Unary)
 
 
-def _kt() -> None:
-    from scmopt.io import graph
-    from scmopt.units import analysis
-
-    canon = graph.canonicalize
-
-    def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
-        model = canon(model)
-        shapes = graph.tensor_shapes(model)
-        users: dict[str, list[onnx.NodeProto]] = {}
-        for n in model.graph.node:
-            for i in n.input:
-                users.setdefault(i, []).append(n)
-        prod = {o: n for n in model.graph.node for o in n.output}
-        drop, add = set(), []
-        for r2 in model.graph.node:
-            tr = prod.get(r2.input[0]) if r2.op_type == "Reshape" else None
-            r1 = prod.get(tr.input[0]) if tr is not None and tr.op_type == "Transpose" else None
-            if r1 is None or r1.op_type != "Reshape" or _perm(tr) != [0, 2, 1]:
-                continue
-            x, out = r1.input[0], r2.output[0]
-            sx, so = shapes.get(x), shapes.get(out)
-            if not sx or not so or len(sx) != 4 or list(so) != [sx[0], sx[1], sx[3], sx[2]]:
-                continue
-            if len(users.get(r1.output[0], [])) != 1 or len(users.get(tr.output[0], [])) != 1:
-                continue
-            drop.add(r2.name)
-            add.append((r2, helper.make_node("Transpose", [x], [out], f"{r2.name}__kt",
-                                             perm=[0, 1, 3, 2])))  # fmt: skip
-        if not add:
-            return model
-        nodes = []
-        for n in model.graph.node:
-            nodes.extend([a for r, a in add if r.name == n.name] or ([] if n.name in drop else [n]))
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        return canon(model)  # removes the dead reshapes, infers shapes again
-
-    graph.canonicalize = canonicalize
-    analysis.canonicalize = canonicalize
-
-
-def _perm(node: onnx.NodeProto) -> list[int] | None:
-    for a in node.attribute:
-        if a.name == "perm":
-            return list(np.asarray(a.ints).tolist())
-    return None
-
-
-PATCHES = {"shapes": _shapes, "noop": _noop, "isnan": _isnan, "kt": _kt}
+PATCHES = {"shapes": _shapes, "noop": _noop, "isnan": _isnan}
 
 
 def apply(names: list[str] | None = None) -> list[str]:
