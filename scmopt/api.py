@@ -114,6 +114,7 @@ def analyze(
     progress: Progress | None = None,
     swap_p: float = 0.5,
     metric: str | agreements.Metric | None = None,
+    keep_heads: float | None = None,
 ) -> Plan:
     """Runs the budgeted search (DESIGN §2) and returns the abstraction plan. `swap_p`,
     `metric`: see compress."""
@@ -123,7 +124,7 @@ def analyze(
     return _search(
         ug, feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
         criterion=criterion, fold=fold, seed=seed, batch_size=batch_size, device=device,
-        progress=progress, p=swap_p, metric=chosen,
+        progress=progress, p=swap_p, metric=chosen, keep_heads=keep_heads,
     ).plan  # fmt: skip
 
 
@@ -190,11 +191,13 @@ def compress(
     delta: float = 0.05,
     metric: str | agreements.Metric | None = None,
     fold_parents: int = 6,
+    keep_heads: float | None = None,
 ) -> Result:
     """Finds a sparse causal abstraction of `model` and compiles it.
 
     Exactly one stopping rule: `budget` (max normalised interventional risk), `min_fidelity`,
-    `min_iia` or `keep` (fraction of prunable units kept). A fraction `holdout` of the data is
+    `min_iia` or `keep` (fraction of prunable units kept: of the attention heads and of the
+    other units each, heads at `keep_heads` when given). A fraction `holdout` of the data is
     never seen by the search; the final fidelity, IIA and compile error are measured on it, on
     the compiled model itself. Raises CompileMismatch when the compiled model differs from the
     plan's simulation by more than `tolerance` (relative to the output scale). `align`: re-keep
@@ -275,7 +278,7 @@ def compress(
                 ug, fit_feeds, budget=budget, min_fidelity=target, min_iia=min_iia,
                 keep=keep, criterion=criterion, fold=fold, batch_size=batch_size,
                 device=device, seed=seed, progress=progress, p=swap_p, metric=chosen,
-                max_coef=fold_parents,
+                max_coef=fold_parents, keep_heads=keep_heads,
             )  # fmt: skip
             if on_plan is not None:
                 on_plan(found)
@@ -337,6 +340,7 @@ def compress(
             "min_fidelity": min_fidelity,
             "min_iia": min_iia,
             "keep": keep,
+            "keep_heads": keep_heads,
             "certify": certify,
             "delta": delta,
             "seed": seed,

@@ -247,6 +247,19 @@ def test_keep_below_the_floor_names_the_flag(tmp_path, calib, monkeypatch):
     assert_error(res, "--keep=0.001 leaves 0 of 160", tmp_path)
 
 
+def test_keep_heads_needs_keep(tmp_path, calib, no_work):
+    res = run(CNN, str(tmp_path / "o.onnx"), "--data", calib, "--keep-heads", "0.5")
+    assert_error(res, "--keep-heads goes with --keep", tmp_path)
+
+
+def test_keep_heads_below_the_floor_names_the_flag():
+    from scmopt.cli.common import flags
+
+    assert flags("keep_heads=0.1 leaves 1 of 8 attention heads") == (
+        "--keep-heads=0.1 leaves 1 of 8 attention heads"
+    )
+
+
 def test_validate_runs_must_be_positive(tmp_path, calib):
     assert_error(run("validate", CNN, CNN, "--data", calib, "--runs", "0"), "'--runs'", tmp_path)
 

@@ -21,6 +21,9 @@ class SearchConfig:
     min_fidelity: float | None = None
     min_iia: float | None = None
     keep: float | None = None
+    # keep mode: fraction of attention heads kept (None: keep's). Heads and the other units
+    # are counted apart: a head spans 3 x Dh channels and their attention, a neuron one channel
+    keep_heads: float | None = None
     criterion: str = "curvature"
     fold: bool = True
     metric: Metric = TOP1  # the agreement fidelity and IIA are measured with

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from scmopt.analysis.criteria import criterion as get_criterion
+from scmopt.analysis.groups import group_of, round_quota
 from scmopt.analysis.measure import Metrics
 from scmopt.analysis.stats import Values
 from scmopt.errors import ScmoptError
@@ -22,13 +24,26 @@ if TYPE_CHECKING:
     from scmopt.analysis.search import _Search
 
 
-def probe_band(n_cut: int, fraction: float, cap: int) -> Callable[[dict[str, float]], list[str]]:
-    """Per-unit probes for the units ranked around position n_cut by the screen."""
+def probe_band(n_cut: int | dict[str, int], fraction: float, cap: int,
+               group: Callable[[str], str] | None = None,
+               ) -> Callable[[dict[str, float]], list[str]]:  # fmt: skip
+    """Per-unit probes for the units ranked around position n_cut by the screen; with a
+    dict (group -> units removed this round) and `group`, around each group's own cut-off
+    (heads rank behind neurons: one band would never reach them). The cap is shared."""
+
+    def band(order: list[str], n: int, cap_: int) -> list[str]:
+        w = min(max(4, int(math.ceil(fraction * len(order) / 2))), max(2, cap_ // 2))
+        return order[max(0, n - w) : n + w]
 
     def focus(pre: dict[str, float]) -> list[str]:
         order = sorted(pre, key=lambda u: (pre[u], u))
-        w = min(max(4, int(math.ceil(fraction * len(order) / 2))), cap // 2)  # cap >= 4
-        return order[max(0, n_cut - w) : n_cut + w]
+        if not isinstance(n_cut, dict):
+            return band(order, n_cut, cap)  # cap >= 4
+        members: dict[str, list[str]] = {}
+        for u in order:
+            members.setdefault(group(u) if group else "", []).append(u)
+        share = max(4, cap // max(1, len(members)))
+        return [u for g, us in sorted(members.items()) for u in band(us, n_cut.get(g, 0), share)]
 
     return focus
 
@@ -52,34 +67,41 @@ def emit_row(s: _Search, traj: list[dict]) -> None:
         record(dict(traj[-1]))
 
 
-def keep_mode(s: _Search, target: int, rounds: int, step: int | None, traj: list[dict]) -> None:
+def keep_mode(s: _Search, targets: dict[str, int], rounds: int, step: int | None,
+              traj: list[dict]) -> None:  # fmt: skip
+    """Halving rounds until each group (analysis.groups) keeps its target; with `step`, that
+    many units per round."""
     prev = 0.0
     r = 0
     while True:
-        left = len(s.candidates()) - target
-        if left <= 0:
+        left = Counter(group_of(s.ug, u) for u in s.candidates())
+        left = {g: left.get(g, 0) - n for g, n in targets.items()}
+        total = sum(max(0, n) for n in left.values())
+        if total <= 0:
             break
         r += 1
         last = r >= rounds and step is None
-        n = left if last else (min(step, left) if step else int(math.ceil(left / 2)))
+        quota = round_quota(left, last=last or step is not None)
+        n = min(step, total) if step else sum(quota.values())
         if s.progress:
-            s.progress("round", r, rounds if step is None else r + left // max(step, 1))
-        sc = s.analyse(r, probe_band(n, s.probe_fraction, s.max_probes))
-        units, plan, pred = s.choose(sc, count=n)
+            s.progress("round", r, rounds if step is None else r + total // max(step, 1))
+        focus = probe_band(quota, s.probe_fraction, s.max_probes, lambda u: group_of(s.ug, u))
+        sc = s.analyse(r, focus)
+        units, plan, pred = s.choose(sc, count=n, quota=quota)
         if not units:
             raise ScmoptError("no unit can be removed without emptying a cut")
         m = None
         if step is None and s.targets():  # toward the original's or the plan's values
             m = s.measure(plan)
             alt_units, alt, alt_pred = s.choose(
-                s.retarget(sc, Values.PLAN), count=n, target=Values.PLAN
+                s.retarget(sc, Values.PLAN), count=n, target=Values.PLAN, quota=quota
             )
             if alt_units:
                 m_alt = s.measure(alt)
                 if m_alt.risk < m.risk:
                     units, plan, pred, m = alt_units, alt, alt_pred, m_alt
         s.plan = plan
-        if step is None or len(s.candidates()) == target:
+        if step is None or len(s.candidates()) == sum(targets.values()):
             m = m or s.measure(s.plan)
             record_round(s, traj, r, s.plan, units, pred, m, prev, True)
             prev = m.risk

@@ -44,6 +44,7 @@ from scmopt.analysis.config import SearchConfig
 from scmopt.analysis.criteria import criterion as get_criterion
 from scmopt.analysis.curvature import Prober
 from scmopt.analysis.curvature import coupling as curv_coupling
+from scmopt.analysis.groups import group_of, keep_targets, within
 from scmopt.analysis.measure import Evaluator, Metrics, Runner
 from scmopt.analysis.rules import budget_mode, keep_mode, meets_rule, polish_plan, shrink_folds
 from scmopt.analysis.scoring import Fit, Scorer, Scores, apply, risks, select
@@ -113,22 +114,6 @@ def _check(
     if lengths.pop() < 4:
         raise ScmoptError("need at least 4 calibration samples (fit and held-out splits)")
     return rule
-
-
-def _min_kept(ug: UnitGraph) -> int:
-    """Greedy set cover: prunable units needed so every cut without a frozen unit keeps one."""
-    need = [set(c.units) for c in ug.cuts.values()
-            if all(ug.units[u].prunable for u in c.units)]  # fmt: skip
-    count = 0
-    while need:
-        counts: dict[str, int] = {}
-        for s in need:
-            for u in s:
-                counts[u] = counts.get(u, 0) + 1
-        best = max(sorted(counts), key=counts.get)
-        need = [s for s in need if best not in s]
-        count += 1
-    return count
 
 
 class _Search:
@@ -243,17 +228,25 @@ class _Search:
     def order(self, sc: Scores) -> list[str]:
         return sorted(sc.rank, key=lambda u: (sc.rank[u], u))
 
-    def prefix(self, order: list[str], n: int) -> list[str]:
-        """The first n units of `order` whose removal leaves every cut a kept unit."""
+    def prefix(self, order: list[str], n: int, quota: dict[str, int] | None = None) -> list[str]:
+        """The first n units of `order` whose removal leaves every cut a kept unit (and, with
+        `quota`, at most that many of each group)."""
         left = {t: sum(u not in self.plan.removed for u in c.units)
                 for t, c in self.ug.cuts.items()}  # fmt: skip
+        room = dict(quota) if quota is not None else None
         out = []
         for u in order:
             if len(out) == n:
                 break
+            if room is not None:
+                if room.get(group_of(self.ug, u), 0) < 1:
+                    continue
+                room[group_of(self.ug, u)] -= 1
             cuts = self.ug.units[u].cuts
             count = {t: self.ug.cuts[t].units.count(u) for t in cuts}
             if any(left[t] - count[t] < 1 for t in cuts):
+                if room is not None:
+                    room[group_of(self.ug, u)] += 1
                 continue
             for t in cuts:
                 left[t] -= count[t]
@@ -278,23 +271,25 @@ class _Search:
 
     def choose(self, sc: Scores, count: int | None = None, budget: float | None = None,
                trace: list[float] | None = None, target: Values = Values.ORIGINAL,
-               ) -> tuple[list[str], Plan, float]:  # fmt: skip
+               quota: dict[str, int] | None = None) -> tuple[list[str], Plan, float]:  # fmt: skip
         """Units to remove now and the resulting plan. Criteria with a risk model use the lazy
-        greedy of scoring.select; magnitude and random take their ranking's prefix."""
+        greedy of scoring.select; magnitude and random take their ranking's prefix. `quota`:
+        at most this many units of each group (analysis.groups)."""
         t0 = time.perf_counter()
         if self.progress:
             self.progress("selection", 0, 1)
         try:
             with work.stage("selection"):
-                return self._choose(sc, count, budget, trace, target)
+                return self._choose(sc, count, budget, trace, target, quota)
         finally:
             self._add("selection", t0)
 
     def _choose(self, sc: Scores, count: int | None, budget: float | None,
-                trace: list[float] | None, target: str,
+                trace: list[float] | None, target: str, quota: dict[str, int] | None,
                 ) -> tuple[list[str], Plan, float]:  # fmt: skip
+        allowed = self.allowed if quota is None else within(self.ug, quota, self.allowed)
         if not get_criterion(self.criterion).ranks_by_risk:
-            units = self.prefix(self.order(sc), count or 0)
+            units = self.prefix(self.order(sc), count or 0, quota)
             return units, self.extend(sc, units, target), float("nan")
         kept = {u for u in self.ug.units if u not in self.plan.removed}
         coupling = None
@@ -304,7 +299,7 @@ class _Search:
             sc, self.stats, lambda k, t: self.scorer.fits(self.stats, k, t, self.fold, target),
             kept,
             fold=self.fold, out_var=self.out_var, coupling=coupling, count=count,
-            budget=budget, allowed=self.allowed, trace=trace, target=target,
+            budget=budget, allowed=allowed, trace=trace, target=target,
             leaning=self.leaning(),
         )  # fmt: skip
         return units, self._build(sc, units, fits), pred
@@ -453,20 +448,19 @@ def _search(ug, data, cfg: SearchConfig, progress, labels) -> SearchResult:
     if labels is not None and len(labels) != len(next(iter(data.values()))):
         raise ScmoptError(f"{len(labels)} labels for {len(next(iter(data.values())))} samples")
     prunable = ug.prunable
-    target = None
+    targets = None
+    if cfg.keep_heads is not None and not (rule == "keep" and 0 < cfg.keep_heads <= 1):
+        raise ScmoptError(
+            f"keep_heads must be a fraction in (0, 1] given with keep, not "
+            f"{cfg.keep_heads!r}" + ("" if rule == "keep" else f" with {rule}")
+        )
     if rule == "keep":
-        target = int(round(keep * len(prunable)))
-        floor = _min_kept(ug)
-        if prunable and target < floor:
-            raise ScmoptError(
-                f"keep={keep} leaves {target} of {len(prunable)} prunable units, but every cut "
-                f"must keep one: keep at least {floor} ({floor / len(prunable):.3f})"
-            )
+        targets = keep_targets(ug, keep, cfg.keep_heads)
     s = _Search(ug, data, labels, cfg, progress)
     traj = [{"round": 0, "kept": len(prunable), "removed": 0, "predicted_risk": 0.0,
              "risk": 0.0, "fidelity": 1.0, "iia": 1.0, "accepted": True}]  # fmt: skip
     if rule == "keep":
-        keep_mode(s, target, rounds or 4, step, traj)
+        keep_mode(s, targets, rounds or 4, step, traj)
     else:
         budget_mode(s, rule, {"budget": budget, "min_fidelity": min_fidelity,
                                "min_iia": min_iia}[rule], rounds or 10, traj)  # fmt: skip

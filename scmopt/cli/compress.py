@@ -25,6 +25,7 @@ SEARCH_ONLY = (
     "min_fidelity",
     "min_iia",
     "keep",
+    "keep_heads",
     "certify",
     "criterion",
     "no_fold",
@@ -45,7 +46,11 @@ REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align", "metric")
 @click.option("--min-iia", type=click.FloatRange(0, 1),
               help="min interchange-intervention accuracy")  # fmt: skip
 @click.option("--keep", type=click.FloatRange(0, 1, min_open=True),
-              help="fraction of prunable units to keep")  # fmt: skip
+              help="fraction of prunable units to keep (of attention heads and of the other "
+              "units each)")  # fmt: skip
+@click.option("--keep-heads", type=click.FloatRange(0, 1, min_open=True),
+              help="with --keep: fraction of attention heads to keep (default: --keep's)",
+              )  # fmt: skip
 @click.option("--certify", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="accept a plan only when its fidelity's anytime-valid lower bound on the "
               "validation split is >= F0")  # fmt: skip
@@ -112,6 +117,7 @@ def compress(**o: Any) -> None:
             device=o["device"], seed=o["seed"], progress=progress, align=o["align"],
             swap_p=o["swap_p"], plan=run["given"], on_plan=on_plan, certify=o["certify"],
             delta=o["delta"], metric=run["metric"], fold_parents=o["fold_parents"],
+            keep_heads=o["keep_heads"],
         )  # fmt: skip
         progress.close()
         result.report["input"], result.report["output"] = run["in_path"], o["out_path"]
@@ -142,6 +148,8 @@ def _preflight(o: dict[str, Any]) -> dict[str, Any]:
              if o[k] is not None]  # fmt: skip
     if len(rules) > 1:
         raise ScmoptError("give one of --budget, --min-fidelity, --min-iia, --keep, --certify")
+    if o["keep_heads"] is not None and o["keep"] is None:
+        raise ScmoptError("--keep-heads goes with --keep (the fraction of the other units)")
     if not 0 < o["swap_p"] <= 1:
         raise ScmoptError(f"--swap-p (the swap probability) must be in (0, 1], not {o['swap_p']}")
     if o["report_path"] and Path(o["report_path"]).suffix not in (".html", ".json"):
