@@ -115,6 +115,7 @@ def analyze(
     swap_p: float = 0.5,
     metric: str | agreements.Metric | None = None,
     keep_heads: float | None = None,
+    flops: float | None = None,
 ) -> Plan:
     """Runs the budgeted search (DESIGN §2) and returns the abstraction plan. `swap_p`,
     `metric`: see compress."""
@@ -124,7 +125,7 @@ def analyze(
     return _search(
         ug, feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
         criterion=criterion, fold=fold, seed=seed, batch_size=batch_size, device=device,
-        progress=progress, p=swap_p, metric=chosen, keep_heads=keep_heads,
+        progress=progress, p=swap_p, metric=chosen, keep_heads=keep_heads, flops=flops,
     ).plan  # fmt: skip
 
 
@@ -192,12 +193,15 @@ def compress(
     metric: str | agreements.Metric | None = None,
     fold_parents: int = 6,
     keep_heads: float | None = None,
+    flops: float | None = None,
 ) -> Result:
     """Finds a sparse causal abstraction of `model` and compiles it.
 
     Exactly one stopping rule: `budget` (max normalised interventional risk), `min_fidelity`,
     `min_iia` or `keep` (fraction of prunable units kept: of the attention heads and of the
-    other units each, heads at `keep_heads` when given). A fraction `holdout` of the data is
+    other units each, heads at `keep_heads` when given) or `flops` (compiled FLOPs at most
+    this fraction of the original's, by predicted risk per FLOP saved; a compiled model above
+    it sets `Result.missed`). A fraction `holdout` of the data is
     never seen by the search; the final fidelity, IIA and compile error are measured on it, on
     the compiled model itself. Raises CompileMismatch when the compiled model differs from the
     plan's simulation by more than `tolerance` (relative to the output scale). `align`: re-keep
@@ -232,8 +236,8 @@ def compress(
         raise ScmoptError(f"--certify must be in (0, 1), not {certify}")
     if not 0 < delta < 1:
         raise ScmoptError(f"--delta must be in (0, 1), not {delta}")
-    rules = (budget, min_fidelity, min_iia, keep, certify)
-    if certify is not None and any(r is not None for r in rules[:4]):
+    rules = (budget, min_fidelity, min_iia, keep, flops, certify)
+    if certify is not None and any(r is not None for r in rules[:5]):
         raise ScmoptError("--certify is a stopping rule: give no other")
     if plan is None and all(r is None for r in rules):
         min_fidelity = DEFAULT_MIN_FIDELITY
@@ -278,7 +282,7 @@ def compress(
                 ug, fit_feeds, budget=budget, min_fidelity=target, min_iia=min_iia,
                 keep=keep, criterion=criterion, fold=fold, batch_size=batch_size,
                 device=device, seed=seed, progress=progress, p=swap_p, metric=chosen,
-                max_coef=fold_parents, keep_heads=keep_heads,
+                max_coef=fold_parents, keep_heads=keep_heads, flops=flops,
             )  # fmt: skip
             if on_plan is not None:
                 on_plan(found)
@@ -292,6 +296,9 @@ def compress(
             tolerance, swap_p, seed, chosen,
         )  # fmt: skip
         missed = _missed(m, min_fidelity, certify, delta, seed)
+        if flops is not None and cost_after.flops > flops * cost_before.flops:
+            missed = (f"compiled FLOPs {cost_after.flops / max(cost_before.flops, 1):.3f} of the "
+                      f"original's, above --flops {flops:g}")  # fmt: skip
         again = plan.to_json() not in tried
         tried.add(plan.to_json())
         if (missed is None or saved is not None or target is None or target >= 1.0
@@ -341,6 +348,7 @@ def compress(
             "min_iia": min_iia,
             "keep": keep,
             "keep_heads": keep_heads,
+            "flops": flops,
             "certify": certify,
             "delta": delta,
             "seed": seed,

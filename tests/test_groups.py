@@ -6,23 +6,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
 import pytest
-from graphs import attention_block, sample
 
-from scmopt import units
 from scmopt.analysis.groups import HEADS, OTHERS, keep_targets, min_kept, round_quota
 from scmopt.analysis.search import search
 from scmopt.errors import ScmoptError
-
-
-@pytest.fixture(scope="module")
-def block():
-    ug = units.analyze(attention_block(layers=2, seq=6))
-    rng = np.random.default_rng(0)
-    data = sample(ug.model, n=96, seed=0)
-    data["mask"] = np.where(rng.random((96, 1, 1, 6)) < 0.2, -1e4, 0.0).astype(np.float32)
-    return ug, data
 
 
 def _removed(ug, plan) -> Counter:

@@ -10,12 +10,8 @@ from scmopt.analysis.criteria import CRITERIA
 from scmopt.analysis.curvature import Prober
 from scmopt.analysis.fits import _ls, _ls_batch, fit_cut
 from scmopt.analysis.measure import Runner
-from scmopt.analysis.scoring import (
-    Scorer,
-    apply,
-    residual_cov,
-    select,
-)
+from scmopt.analysis.scoring import Scorer, apply
+from scmopt.analysis.selection import residual_cov, residual_cross, residual_var, select
 from scmopt.analysis.stats import CutStats, Moments, collect
 from scmopt.io import graph
 from scmopt.plan import Plan
@@ -207,3 +203,9 @@ def test_gathered_residual_covariance_equals_the_dense_formula(seed):
     dense = t @ c0 @ t.T + t @ c1 @ a.T + (t @ c1 @ a.T).T + a @ c2 @ a.T
     np.testing.assert_allclose(residual_cov(cs, order, fold=True), dense, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(residual_cov(cs, order, fold=False), t @ c0 @ t.T, rtol=1e-12)
+    # the blocks and the diagonal the greedy's incremental terms use, made on their own
+    for rows, cols in (([0], [1, 2]), ([1, 2], [0]), ([2], [2])):
+        got = residual_cross(cs, [order[i] for i in rows], [order[j] for j in cols], fold=True)
+        np.testing.assert_allclose(got, dense[np.ix_(rows, cols)], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(residual_var(cs, order, fold=True), np.diag(dense), rtol=1e-12,
+                               atol=1e-12)  # fmt: skip

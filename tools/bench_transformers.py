@@ -3,9 +3,10 @@
     python tools/bench_transformers.py
     python tools/bench_transformers.py --models vit_digits --keeps 0.5
 
-For vit_digits and text_encoder and each keep (0.5, 0.3 of all prunable units), scmopt
-(curvature + fold) is run first; its compiled model's FLOPs (scmopt.ops.cost.count_flops on one
-test sample) are the budget every peer is brought to (within 1%): FLAP-style, Kwon-style
+For vit_digits and text_encoder and each keep (0.5, 0.3 of the heads and of the other units),
+scmopt (curvature + fold) is run first; its compiled model's FLOPs (scmopt.ops.cost.count_flops
+on one test sample) are the budget every peer is brought to (within 1%): scmopt's own `--flops`
+rule (risk per FLOP saved; swap p 0.5 and 0.1), FLAP-style, Kwon-style
 (with and without the least-squares rescaling), onnxsim 0.8.1 head / FFN pruning (with and
 without its ridge refit) and scmopt variance (its own keep; FLOPs not matched) as the internal
 baseline. Peers are in tools/peers/transformer_peers.py. Everything is measured on the test
@@ -191,6 +192,15 @@ def main() -> None:
                 plan_counts=res.plan.counts(),
             )
             B.log(name, keep, f"scmopt FLOPs {target / tu.f0:.3f} ({secs:.0f}s)")
+            # scmopt's FLOPs rule at that budget: risk per FLOP saved (and with the fits made
+            # nearer plain inputs, swap p 0.1)
+            for p_swap in (0.5, 0.1):
+                rf, sf, _ = B.run_scmopt(str(B.model_path(name)), str(B.calib_path(name)),
+                                         flops=target / tu.f0, swap_p=p_swap,
+                                         seed=args.seed)  # fmt: skip
+                add(f"scmopt --flops (risk per FLOP), swap p {p_swap:g}", rf.model, "scmopt", sf,
+                    survivors=survivors(tu, rf.unit_graph, rf.plan),
+                    plan_counts=rf.plan.counts())  # fmt: skip
             for crit in args.criteria:
                 try:
                     r2, s2, _ = B.run_scmopt(str(B.model_path(name)), str(B.calib_path(name)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from scmopt.analysis.config import SearchConfig
@@ -20,15 +22,19 @@ def probe_budget(ug: UnitGraph, prober: Prober, fit: dict[str, np.ndarray], k: i
     if cfg.probe_fpe is None or cfg.criterion != "curvature" or not prober.sites:
         return None, cfg.max_probes
     n = len(next(iter(fit.values())))
-    ledger = work.active()  # compress counted the MACs before the search: the same values
-    macs = (
-        ledger.node_macs
-        if ledger is not None and ledger.node_macs
-        else cost.model_cost(ug.model, {key: v[:1] for key, v in fit.items()}, cfg.device).macs
-    )
+    macs = node_macs(ug, fit, cfg.device)
     shares = [max(work.graph_share(macs, prober.subs[t]), 1e-3) for t in prober.sites]
     screen_cost = 4 * 2 * sum(shares) / n  # per probe sample
     screen = int(cfg.probe_fpe / screen_cost)
     unit_cost = 2 * k * float(np.mean(shares)) / n
     cap = min(cfg.max_probes, max(8, int(cfg.probe_fpe / unit_cost)))
     return (None if screen >= k else max(4, screen)), cap
+
+
+def node_macs(ug: UnitGraph, fit: dict[str, np.ndarray], device: str) -> Mapping[str, int | None]:
+    """MACs of one sample per linear node of `ug.model`: the ones compress counted for the
+    ledger before the search (the same values), else counted on one fit sample."""
+    ledger = work.active()
+    if ledger is not None and ledger.node_macs:
+        return ledger.node_macs
+    return cost.model_cost(ug.model, {key: v[:1] for key, v in fit.items()}, device).macs

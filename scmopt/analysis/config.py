@@ -9,7 +9,7 @@ from scmopt.evaluation.agreements import TOP1, Metric
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Stopping rule (exactly one of budget, min_fidelity, min_iia, keep), criterion and the
+    """Stopping rule (exactly one of budget, min_fidelity, min_iia, keep, flops), criterion and the
     knobs of DESIGN §2's search. The tactics at the end are the search's own choices, kept as
     fields so experiments can switch them without module-level toggles:
     toward_original: keep mode fits replacements toward the original network's values;
@@ -24,6 +24,9 @@ class SearchConfig:
     # keep mode: fraction of attention heads kept (None: keep's). Heads and the other units
     # are counted apart: a head spans 3 x Dh channels and their attention, a neuron one channel
     keep_heads: float | None = None
+    # compiled FLOPs at most this fraction of the original's (analysis.flop_model), removing
+    # units by predicted risk per FLOP saved
+    flops: float | None = None
     criterion: str = "curvature"
     fold: bool = True
     metric: Metric = TOP1  # the agreement fidelity and IIA are measured with
@@ -55,7 +58,7 @@ class SearchConfig:
     @property
     def rule(self) -> str | None:
         """The stopping rule given (the first set, in field order), or None."""
-        for name in ("budget", "min_fidelity", "min_iia", "keep"):
+        for name in ("budget", "min_fidelity", "min_iia", "keep", "flops"):
             if getattr(self, name) is not None:
                 return name
         return None

@@ -87,24 +87,72 @@ def keep_mode(s: _Search, targets: dict[str, int], rounds: int, step: int | None
             s.progress("round", r, rounds if step is None else r + total // max(step, 1))
         focus = probe_band(quota, s.probe_fraction, s.max_probes, lambda u: group_of(s.ug, u))
         sc = s.analyse(r, focus)
-        units, plan, pred = s.choose(sc, count=n, quota=quota)
+        how = {"count": n, "quota": quota}
+        units, plan, pred, m = _best_target(s, sc, how, step is None)
         if not units:
             raise ScmoptError("no unit can be removed without emptying a cut")
-        m = None
-        if step is None and s.targets():  # toward the original's or the plan's values
-            m = s.measure(plan)
-            alt_units, alt, alt_pred = s.choose(
-                s.retarget(sc, Values.PLAN), count=n, target=Values.PLAN, quota=quota
-            )
-            if alt_units:
-                m_alt = s.measure(alt)
-                if m_alt.risk < m.risk:
-                    units, plan, pred, m = alt_units, alt, alt_pred, m_alt
         s.plan = plan
         if step is None or len(s.candidates()) == sum(targets.values()):
             m = m or s.measure(s.plan)
             record_round(s, traj, r, s.plan, units, pred, m, prev, True)
             prev = m.risk
+    if s.progress:
+        s.progress("round", r, r)
+
+
+def _best_target(s: _Search, sc, how: dict, try_both: bool):
+    """(units, plan, predicted risk, held-out metrics or None) of this round's choice: fits
+    toward the original's values, and (when the search tries both) toward the plan's, the one
+    with the lower held-out risk."""
+    units, plan, pred = s.choose(sc, **how)
+    if not units:
+        return units, plan, pred, None
+    m = None
+    if try_both and s.targets():
+        m = s.measure(plan)
+        alt_units, alt, alt_pred = s.choose(s.retarget(sc, Values.PLAN), target=Values.PLAN,
+                                            **how)  # fmt: skip
+        if alt_units:
+            m_alt = s.measure(alt)
+            if m_alt.risk < m.risk:
+                units, plan, pred, m = alt_units, alt, alt_pred, m_alt
+    return units, plan, pred, m
+
+
+def flops_mode(s: _Search, fraction: float, rounds: int, traj: list[dict]) -> None:
+    """Rounds until the modelled FLOPs (analysis.flop_model) are at most `fraction` of the
+    original's, each saving half of what is left to save (all of it from round `rounds` on)
+    by predicted risk per FLOP saved. A few extra rounds close what first-order savings leave
+    (units removed together at both ends of a conv save less than each alone)."""
+    fm = s.flop_model()
+    goal = fraction * fm.base
+    prev = 0.0
+    r = 0
+    while r < rounds + 3:
+        gap = fm.flops(s.plan.removed) - goal
+        if gap <= 1e-9 * fm.base:
+            break
+        r += 1
+        want = gap if r >= rounds else gap / 2
+        if s.progress:
+            s.progress("round", r, max(rounds, r))
+        saves = fm.savings(s.plan.removed)
+
+        def focus(pre: dict[str, float], saves=saves, want=want) -> list[str]:
+            order = sorted((u for u in pre if saves.get(u, 0) > 0),
+                           key=lambda u: (pre[u] / saves[u], u))  # fmt: skip
+            n = int(np.searchsorted(np.cumsum([saves[u] for u in order]), want)) + 1
+            return probe_band(n, s.probe_fraction, s.max_probes)({u: i for i, u in
+                                                                 enumerate(order)})  # fmt: skip
+
+        sc = s.analyse(r, focus)
+        units, plan, pred, m = _best_target(s, sc, {"flops": (saves, want, r >= rounds)}, True)
+        if not units:  # every cut down to one unit: the goal is out of reach (api says so)
+            break
+        s.plan = plan
+        m = m or s.measure(s.plan)
+        record_round(s, traj, r, s.plan, units, pred, m, prev, True)
+        prev = m.risk
     if s.progress:
         s.progress("round", r, r)
 

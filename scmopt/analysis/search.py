@@ -32,22 +32,31 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from scmopt.analysis.budget import probe_budget
+from scmopt.analysis.arguments import check_arguments
+from scmopt.analysis.budget import node_macs, probe_budget
 from scmopt.analysis.config import SearchConfig
 from scmopt.analysis.criteria import criterion as get_criterion
 from scmopt.analysis.curvature import Prober
 from scmopt.analysis.curvature import coupling as curv_coupling
+from scmopt.analysis.flop_model import FlopModel
 from scmopt.analysis.groups import group_of, keep_targets, within
 from scmopt.analysis.measure import Evaluator, Metrics, Runner
-from scmopt.analysis.rules import budget_mode, keep_mode, meets_rule, polish_plan, shrink_folds
-from scmopt.analysis.scoring import Fit, Scorer, Scores, apply, risks, select
+from scmopt.analysis.rules import (
+    budget_mode,
+    flops_mode,
+    keep_mode,
+    meets_rule,
+    polish_plan,
+    shrink_folds,
+)
+from scmopt.analysis.scoring import Fit, Scorer, Scores, apply, risks
+from scmopt.analysis.selection import select
 from scmopt.analysis.stats import Values, collect
 from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
@@ -66,56 +75,6 @@ class SearchResult:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def _check(
-    ug: UnitGraph,
-    data: dict[str, np.ndarray],
-    budget: float | None,
-    min_fidelity: float | None,
-    min_iia: float | None,
-    keep: float | None,
-    criterion: str,
-    p: float,
-    holdout: float,
-    batch_size: int,
-) -> str:
-    rules = {"budget": budget, "min_fidelity": min_fidelity, "min_iia": min_iia, "keep": keep}
-    given = [k for k, v in rules.items() if v is not None]
-    if len(given) != 1:
-        raise ScmoptError(
-            "give exactly one stopping rule (budget, min_fidelity, min_iia or keep); got "
-            + (", ".join(given) if given else "none")
-        )
-    rule = given[0]
-    value = rules[rule]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ScmoptError(f"{rule} must be a finite number, not {value!r}")
-    if rule == "keep" and not 0 < value <= 1:
-        raise ScmoptError(f"keep must be a fraction in (0, 1], not {value}")
-    if rule in ("min_fidelity", "min_iia") and not 0 <= value <= 1:
-        raise ScmoptError(f"{rule} must be in [0, 1], not {value}")
-    if rule == "budget" and value < 0:
-        raise ScmoptError(f"budget must be >= 0, not {value}")
-    get_criterion(criterion)
-    if not 0 < p <= 1:
-        raise ScmoptError(f"swap probability p must be in (0, 1], not {p}")
-    if not 0 < holdout < 1:
-        raise ScmoptError(f"holdout must be a fraction in (0, 1), not {holdout}")
-    if batch_size < 1:
-        raise ScmoptError(f"batch_size must be >= 1, not {batch_size}")
-    if not data:
-        raise ScmoptError("no calibration data")
-    names = {i.name for i in ug.model.graph.input}
-    missing = names - set(data)
-    if missing:
-        raise ScmoptError(f"calibration data lacks model input(s) {', '.join(sorted(missing))}")
-    lengths = {len(v) for v in data.values()}
-    if len(lengths) != 1:
-        raise ScmoptError(f"calibration arrays have different lengths {sorted(lengths)}")
-    if lengths.pop() < 4:
-        raise ScmoptError("need at least 4 calibration samples (fit and held-out splits)")
-    return rule
-
-
 class _Search:
     """State shared by the rounds (sessions, splits, plan, timings)."""
 
@@ -125,6 +84,7 @@ class _Search:
         self.ug = ug
         self.progress = progress
         self.timing: dict[str, float] = {}
+        self._flops: FlopModel | None = None
         t0 = time.perf_counter()
         n = len(next(iter(data.values())))
         rng = np.random.default_rng([seed, 1])
@@ -271,25 +231,40 @@ class _Search:
 
     def choose(self, sc: Scores, count: int | None = None, budget: float | None = None,
                trace: list[float] | None = None, target: Values = Values.ORIGINAL,
-               quota: dict[str, int] | None = None) -> tuple[list[str], Plan, float]:  # fmt: skip
+               quota: dict[str, int] | None = None,
+               flops: tuple[dict[str, float], float, bool] | None = None,
+               ) -> tuple[list[str], Plan, float]:  # fmt: skip
         """Units to remove now and the resulting plan. Criteria with a risk model use the lazy
-        greedy of scoring.select; magnitude and random take their ranking's prefix. `quota`:
-        at most this many units of each group (analysis.groups)."""
+        greedy of selection.select; magnitude and random take their ranking's prefix. `quota`:
+        at most this many units of each group (analysis.groups). `flops`: (FLOPs each unit
+        saves, FLOPs to save, strict): by risk per FLOP until the savings reach the goal
+        (selection.select)."""
         t0 = time.perf_counter()
         if self.progress:
             self.progress("selection", 0, 1)
         try:
             with work.stage("selection"):
-                return self._choose(sc, count, budget, trace, target, quota)
+                return self._choose(sc, count, budget, trace, target, quota, flops)
         finally:
             self._add("selection", t0)
 
     def _choose(self, sc: Scores, count: int | None, budget: float | None,
                 trace: list[float] | None, target: str, quota: dict[str, int] | None,
+                flops: tuple[dict[str, float], float, bool] | None,
                 ) -> tuple[list[str], Plan, float]:  # fmt: skip
         allowed = self.allowed if quota is None else within(self.ug, quota, self.allowed)
         if not get_criterion(self.criterion).ranks_by_risk:
-            units = self.prefix(self.order(sc), count or 0, quota)
+            if flops is None:
+                units = self.prefix(self.order(sc), count or 0, quota)
+            else:  # the ranking's prefix that saves the FLOPs asked for
+                saves, goal, _ = flops
+                units, saved = [], 0.0
+                for u in self.prefix(self.order(sc), len(sc.rank)):
+                    if saved >= goal:
+                        break
+                    if saves.get(u, 0.0) > 0:
+                        units.append(u)
+                        saved += saves[u]
             return units, self.extend(sc, units, target), float("nan")
         kept = {u for u in self.ug.units if u not in self.plan.removed}
         coupling = None
@@ -299,7 +274,7 @@ class _Search:
             sc, self.stats, lambda k, t: self.scorer.fits(self.stats, k, t, self.fold, target),
             kept,
             fold=self.fold, out_var=self.out_var, coupling=coupling, count=count,
-            budget=budget, allowed=allowed, trace=trace, target=target,
+            budget=budget, allowed=allowed, trace=trace, target=target, flops=flops,
             leaning=self.leaning(),
         )  # fmt: skip
         return units, self._build(sc, units, fits), pred
@@ -333,6 +308,12 @@ class _Search:
         kept = {u for u in self.ug.units if u not in gone}
         return self._build(sc, units, self.scorer.fits(self.stats, kept, units, self.fold,
                                                        target))  # fmt: skip
+
+    def flop_model(self) -> FlopModel:
+        """The FLOPs of one sample as a function of the removed units (made once)."""
+        if self._flops is None:
+            self._flops = FlopModel(self.ug, node_macs(self.ug, self.fit, self.cfg.device))
+        return self._flops
 
     def targets(self) -> bool:
         """The statistics hold the original's values, so both fit targets are available."""
@@ -441,8 +422,8 @@ def _search(ug, data, cfg: SearchConfig, progress, labels) -> SearchResult:
     if "y" in data and "y" not in {i.name for i in ug.model.graph.input}:
         y = data.pop("y")
         labels = y if labels is None else labels
-    rule = _check(ug, data, budget, min_fidelity, min_iia, keep, criterion, p, holdout,
-                  batch_size)  # fmt: skip
+    rule = check_arguments(ug, data, budget, min_fidelity, min_iia, keep, criterion, p, holdout,
+                  batch_size, cfg.flops)  # fmt: skip
     if isinstance(max_probes, bool) or not isinstance(max_probes, int) or max_probes < 4:
         raise ScmoptError(f"max_probes must be an integer >= 4, not {max_probes!r}")
     if labels is not None and len(labels) != len(next(iter(data.values()))):
@@ -461,6 +442,8 @@ def _search(ug, data, cfg: SearchConfig, progress, labels) -> SearchResult:
              "risk": 0.0, "fidelity": 1.0, "iia": 1.0, "accepted": True}]  # fmt: skip
     if rule == "keep":
         keep_mode(s, targets, rounds or 4, step, traj)
+    elif rule == "flops":
+        flops_mode(s, cfg.flops, rounds or 4, traj)
     else:
         budget_mode(s, rule, {"budget": budget, "min_fidelity": min_fidelity,
                                "min_iia": min_iia}[rule], rounds or 10, traj)  # fmt: skip

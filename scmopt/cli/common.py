@@ -28,7 +28,8 @@ def fail(exc: BaseException, verbose: bool, hint: str = "") -> None:
 
 def flags(message: str) -> str:
     """API argument names in a message (`keep=0.01 leaves ...`) as the CLI flags (`--keep`)."""
-    names = r"\b(budget|min_fidelity|min_iia|keep_heads|keep|batch_size|align|swap_p)\b(?==| must)"
+    api = "budget|min_fidelity|min_iia|keep_heads|keep|flops|batch_size|align|swap_p"
+    names = rf"\b({api})\b(?==| must)"
     return re.sub(names, lambda m: "--" + m[1].replace("_", "-"), message)
 
 

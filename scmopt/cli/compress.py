@@ -26,6 +26,7 @@ SEARCH_ONLY = (
     "min_iia",
     "keep",
     "keep_heads",
+    "flops",
     "certify",
     "criterion",
     "no_fold",
@@ -51,6 +52,9 @@ REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align", "metric")
 @click.option("--keep-heads", type=click.FloatRange(0, 1, min_open=True),
               help="with --keep: fraction of attention heads to keep (default: --keep's)",
               )  # fmt: skip
+@click.option("--flops", type=click.FloatRange(0, 1, min_open=True),
+              help="compiled FLOPs at most this fraction of the original's (units removed by "
+              "predicted risk per FLOP saved)")  # fmt: skip
 @click.option("--certify", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="accept a plan only when its fidelity's anytime-valid lower bound on the "
               "validation split is >= F0")  # fmt: skip
@@ -117,7 +121,7 @@ def compress(**o: Any) -> None:
             device=o["device"], seed=o["seed"], progress=progress, align=o["align"],
             swap_p=o["swap_p"], plan=run["given"], on_plan=on_plan, certify=o["certify"],
             delta=o["delta"], metric=run["metric"], fold_parents=o["fold_parents"],
-            keep_heads=o["keep_heads"],
+            keep_heads=o["keep_heads"], flops=o["flops"],
         )  # fmt: skip
         progress.close()
         result.report["input"], result.report["output"] = run["in_path"], o["out_path"]
@@ -144,10 +148,12 @@ def _kept(saved: list[Path]) -> str:
 
 def _preflight(o: dict[str, Any]) -> dict[str, Any]:
     """Checks every input before any work; prints the warnings once all checks pass."""
-    rules = [k for k in ("budget", "min_fidelity", "min_iia", "keep", "certify")
+    rules = [k for k in ("budget", "min_fidelity", "min_iia", "keep", "flops", "certify")
              if o[k] is not None]  # fmt: skip
     if len(rules) > 1:
-        raise ScmoptError("give one of --budget, --min-fidelity, --min-iia, --keep, --certify")
+        raise ScmoptError(
+            "give one of --budget, --min-fidelity, --min-iia, --keep, --flops, --certify"
+        )
     if o["keep_heads"] is not None and o["keep"] is None:
         raise ScmoptError("--keep-heads goes with --keep (the fraction of the other units)")
     if not 0 < o["swap_p"] <= 1:
