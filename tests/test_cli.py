@@ -46,6 +46,27 @@ def test_inspect_lists_groups_params_and_flops():
     assert "160 prunable (100.0%)" in res.output
 
 
+def test_inspect_counts_the_files_parameters_of_a_compiled_model(tmp_path):
+    """A compiled model computes the border maps of constant conv channels at run time
+    (ConstantOfShape -> Conv); canonicalisation folds them into full maps. inspect reports what
+    the file stores, the number compress reported for it."""
+    from plans import random_plan
+
+    from scmopt import units
+    from scmopt.compiler.compile import compile_plan
+    from scmopt.io.graph import canonicalize
+    from scmopt.ops.cost import count_params
+
+    ug = units.analyze(onnx.load(CNN))
+    plan = random_plan(ug, 0.5, seed=0, fold_prob=0.0, per_position_prob=0.0)
+    compiled = compile_plan(ug, plan).model
+    assert count_params(canonicalize(compiled)) > count_params(compiled)  # what inspect showed
+    path = tmp_path / "c.onnx"
+    onnx.save(compiled, path)
+    info = json.loads(run("inspect", str(path), "--json").output)
+    assert info["params"] == count_params(compiled)
+
+
 def test_inspect_json():
     info = json.loads(run("inspect", CNN, "--json").output)
     assert info["units"] == 160 and len(info["groups"]) == 3

@@ -87,7 +87,9 @@ def inspect(in_path, as_json, verbose) -> None:
         ug = analyze(model)
         costs = cost.model_cost(ug.model)  # never raises: unknown shapes are listed
         info = {
-            "params": costs.params,
+            # the file's own parameters: canonicalisation folds constant subgraphs (a compiled
+            # model's run-time border maps) into larger initializers than the file stores
+            "params": cost.count_params(model),
             "flops": costs.flops,
             "flops_unknown": costs.unknown,
             **ug.summary(),
