@@ -116,6 +116,7 @@ def analyze(
     metric: str | agreements.Metric | None = None,
     keep_heads: float | None = None,
     flops: float | None = None,
+    per_flop: bool = False,
 ) -> Plan:
     """Runs the budgeted search (DESIGN §2) and returns the abstraction plan. `swap_p`,
     `metric`: see compress."""
@@ -126,6 +127,7 @@ def analyze(
         ug, feeds, budget=budget, min_fidelity=min_fidelity, min_iia=min_iia, keep=keep,
         criterion=criterion, fold=fold, seed=seed, batch_size=batch_size, device=device,
         progress=progress, p=swap_p, metric=chosen, keep_heads=keep_heads, flops=flops,
+        per_flop=per_flop,
     ).plan  # fmt: skip
 
 
@@ -194,14 +196,16 @@ def compress(
     fold_parents: int = 6,
     keep_heads: float | None = None,
     flops: float | None = None,
+    per_flop: bool = False,
 ) -> Result:
     """Finds a sparse causal abstraction of `model` and compiles it.
 
     Exactly one stopping rule: `budget` (max normalised interventional risk), `min_fidelity`,
     `min_iia` or `keep` (fraction of prunable units kept: of the attention heads and of the
-    other units each, heads at `keep_heads` when given) or `flops` (compiled FLOPs at most
-    this fraction of the original's, by predicted risk per FLOP saved; a compiled model above
-    it sets `Result.missed`). A fraction `holdout` of the data is
+    other units each, heads at `keep_heads` when given) or `flops` (compiled FLOPs at most this
+    fraction of the original's, by predicted risk per FLOP saved; a compiled model above it sets
+    `Result.missed`); `per_flop`: every rule ranks removals by predicted risk per FLOP saved
+    (fewer FLOPs at the same fidelity; fewer units removed). A fraction `holdout` of the data is
     never seen by the search; the final fidelity, IIA and compile error are measured on it, on
     the compiled model itself. Raises CompileMismatch when the compiled model differs from the
     plan's simulation by more than `tolerance` (relative to the output scale). `align`: re-keep
@@ -283,6 +287,7 @@ def compress(
                 keep=keep, criterion=criterion, fold=fold, batch_size=batch_size,
                 device=device, seed=seed, progress=progress, p=swap_p, metric=chosen,
                 max_coef=fold_parents, keep_heads=keep_heads, flops=flops,
+                per_flop=per_flop,
             )  # fmt: skip
             if on_plan is not None:
                 on_plan(found)
@@ -349,6 +354,7 @@ def compress(
             "keep": keep,
             "keep_heads": keep_heads,
             "flops": flops,
+            "per_flop": per_flop,
             "certify": certify,
             "delta": delta,
             "seed": seed,

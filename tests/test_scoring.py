@@ -92,6 +92,33 @@ def test_every_criterion_scores_and_builds_a_valid_plan(mlp, criterion):
     plan.validate(ug)
 
 
+@pytest.mark.parametrize("coupled", [False, True])
+def test_incremental_greedy_predicts_the_joint_risk_of_what_it_chose(mlp, coupled):
+    """select updates ordering terms and joint risks from the rows that changed; its predicted
+    risk must equal the second-order risk of the chosen set with the returned fits, made from
+    scratch: sum over cuts of positions x sum K * residual_cov / out_var."""
+    from scmopt.analysis.curvature import coupling
+
+    ug, runner, scorer, st, _ = mlp
+    cand = sorted(ug.prunable)
+    sc = scorer.score(st, Plan(), runner.plan_feeds(None), cand, "curvature", fold=True)
+    kmat = {t: coupling(ug, t, sc.kappa[t]) if coupled else np.diag(sc.kappa[t])
+            for t in st.cuts}  # fmt: skip
+    units, fits, pred = select(sc, st, lambda k, t: scorer.fits(st, k, t, True), set(ug.units),
+                               fold=True, out_var=st.out_variance, count=120,
+                               coupling=kmat if coupled else None)  # fmt: skip
+    assert len(units) == 120
+    assert sum(bool(f.pred) for u in units for f in fits[u].values()) > 30  # folds were refitted
+    want = 0.0
+    for t in st.cuts:
+        at = [u for u in units if t in fits[u]]
+        if at:
+            ch = [fits[u][t].channels[0] for u in at]
+            d = residual_cov(st.cuts[t], [fits[u][t] for u in at], fold=True)
+            want += st.cuts[t].positions * float(np.sum(kmat[t][np.ix_(ch, ch)] * d))
+    assert pred == pytest.approx(want / st.out_variance, rel=1e-8)
+
+
 def test_curvature_ranks_differ_from_variance(mlp):
     ug, runner, scorer, st, _ = mlp
     cand = sorted(ug.prunable)

@@ -27,6 +27,8 @@ class SearchConfig:
     # compiled FLOPs at most this fraction of the original's (analysis.flop_model), removing
     # units by predicted risk per FLOP saved
     flops: float | None = None
+    # every rule ranks removals by predicted risk per FLOP saved (flops always does)
+    per_flop: bool = False
     criterion: str = "curvature"
     fold: bool = True
     metric: Metric = TOP1  # the agreement fidelity and IIA are measured with

@@ -7,6 +7,7 @@ constant, so a fold's residual never exceeds the constant's.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,21 +44,26 @@ def fit_cut(
     ug: UnitGraph,
     cs: CutStats,
     targets: list[str],
-    kept: set[str],
+    kept: Container[str],
     *,
     fold: bool = True,
     max_coef: int = 6,
     pool: int = 16,
     ridge: float = 1e-3,
     target: Values = Values.ORIGINAL,
+    channels: dict[str, list[int]] | None = None,
 ) -> dict[str, Fit]:
     """Constant and (optionally) fold of every target unit at cut `cs.cut`; predictors are the
     kept units of the cut other than the target. target ORIGINAL: fit toward the original
-    network's values (when the statistics hold them, see stats.collect), PLAN: the plan's."""
+    network's values (when the statistics hold them, see stats.collect), PLAN: the plan's.
+    `channels`: each unit's channel positions at the cut, in channel order (made here when
+    not given)."""
     cut = ug.cuts[cs.cut]
-    first: dict[str, list[int]] = {}
-    for i, u in enumerate(cut.units):
-        first.setdefault(u, []).append(i)
+    first = channels
+    if first is None:
+        first = {}
+        for i, u in enumerate(cut.units):
+            first.setdefault(u, []).append(i)
     mu = cs.mean  # predictors: the plan's values
     var = cs.variance
     tmu = (

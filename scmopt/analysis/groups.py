@@ -73,9 +73,14 @@ Allowed = Callable[[str, list[str]], bool]
 def within(ug: UnitGraph, quota: dict[str, int], allowed: Allowed) -> Allowed:
     """`allowed`, and u's group has room left in `quota` after `chosen`."""
 
+    taken: dict[str, int] = {}
+    seen = [0]  # `chosen` only grows within one greedy: count what it gained since
+
     def ok(u: str, chosen: list[str]) -> bool:
-        g = group_of(ug, u)
-        if sum(group_of(ug, v) == g for v in chosen) >= quota.get(g, 0):
+        for v in chosen[seen[0] :]:
+            taken[group_of(ug, v)] = taken.get(group_of(ug, v), 0) + 1
+        seen[0] = len(chosen)
+        if taken.get(group_of(ug, u), 0) >= quota.get(group_of(ug, u), 0):
             return False
         return allowed(u, chosen)
 

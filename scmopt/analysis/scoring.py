@@ -17,7 +17,7 @@ curvature (per-unit finite differences, screened by layer curvature), layer, var
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,18 +127,29 @@ class Scorer:
         self.screen_samples = screen_samples  # probe samples the layer screen uses (None: all)
         self.sites = prober.sites
         self.norms = {t: curv.consumer_norms(ug, t) for t in self.sites}
+        # per cut: each unit's channel positions, in channel order (fits are asked for a few
+        # units at a time, thousands of times per round: not rebuilt per call)
+        self.channels_of: dict[str, dict[str, list[int]]] = {}
+        for t in self.sites:
+            first: dict[str, list[int]] = {}
+            for i, u in enumerate(ug.cuts[t].units):
+                first.setdefault(u, []).append(i)
+            self.channels_of[t] = first
 
-    def fits(self, stats: Stats, kept: set[str], candidates: list[str], fold: bool,
+    def fits(self, stats: Stats, kept: Container[str], candidates: list[str], fold: bool,
              target: Values = Values.ORIGINAL):  # fmt: skip
         """Fits of every candidate at every cut it occupies; predictors from `kept`."""
         cand = set(candidates)
         out: dict[str, dict[str, Fit]] = {u: {} for u in candidates}
+        needed = {t for u in candidates for t in self.ug.units[u].cuts}
         for t in self.sites:
-            targets = [u for u in dict.fromkeys(self.ug.cuts[t].units) if u in cand]
+            if t not in needed:
+                continue
+            targets = [u for u in self.channels_of[t] if u in cand]
             if targets:
                 fits = fit_cut(self.ug, stats.cuts[t], targets, kept, fold=fold,
                                max_coef=self.max_coef, pool=max(16, 2 * self.max_coef),
-                               target=target)  # fmt: skip
+                               target=target, channels=self.channels_of[t])  # fmt: skip
                 for u, f in fits.items():
                     out[u][t] = f
         return out

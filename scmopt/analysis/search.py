@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,6 +140,7 @@ class _Search:
     def analyse_stats(self, round_: int) -> None:
         """Statistics under the current plan (with the original's values for refits)."""
         t0 = time.perf_counter()
+        self.stats = None  # the last round's moments go before the new ones are made (memory)
         with work.stage("statistics"):
             self.stats = collect(self.runner, self.fit, self.plan, p=self.p,
                                  seed=self.seed * 1000 + round_, progress=self.progress,
@@ -149,6 +151,7 @@ class _Search:
         """Statistics and scores of the candidates under the current plan."""
         t0 = time.perf_counter()
         toward = self.cfg.toward_original and self.rule == "keep" and self.step is None
+        self.stats = None  # the last round's moments go before the new ones are made (memory)
         with work.stage("statistics"):
             stats = collect(self.runner, self.fit, self.plan, p=self.p,
                             seed=self.seed * 1000 + round_, progress=self.progress,
@@ -213,10 +216,22 @@ class _Search:
             out.append(u)
         return out
 
-    def allowed(self, u: str, chosen: list[str]) -> bool:
-        """Removing u (after `chosen`) leaves every cut it occupies a kept unit."""
-        gone = self.plan.removed | set(chosen) | {u}
-        return all(any(v not in gone for v in self.ug.cuts[t].units) for t in self.ug.units[u].cuts)
+    def allowance(self) -> Callable[[str, list[str]], bool]:
+        """allowed(u, chosen): removing u after `chosen` (one greedy's list, which only
+        grows) leaves every cut u occupies a kept unit. Counts the kept units per cut once and
+        updates them from what `chosen` gained since the last call."""
+        left = {t: len({v for v in c.units if v not in self.plan.removed})
+                for t, c in self.ug.cuts.items()}  # fmt: skip
+        seen = [0]
+
+        def allowed(u: str, chosen: list[str]) -> bool:
+            for v in chosen[seen[0] :]:
+                for t in self.ug.units[v].cuts:
+                    left[t] -= 1
+            seen[0] = len(chosen)
+            return all(left[t] >= 2 for t in self.ug.units[u].cuts)
+
+        return allowed
 
     def retarget(self, sc: Scores, target: str) -> Scores:
         """The same scores with the candidates fitted toward `target` values (same kappa)."""
@@ -242,6 +257,8 @@ class _Search:
         t0 = time.perf_counter()
         if self.progress:
             self.progress("selection", 0, 1)
+        if flops is None and self.cfg.per_flop:  # the rule's own stop, ranked per FLOP
+            flops = (self.flop_model().savings(self.plan.removed), math.inf, False)
         try:
             with work.stage("selection"):
                 return self._choose(sc, count, budget, trace, target, quota, flops)
@@ -252,9 +269,10 @@ class _Search:
                 trace: list[float] | None, target: str, quota: dict[str, int] | None,
                 flops: tuple[dict[str, float], float, bool] | None,
                 ) -> tuple[list[str], Plan, float]:  # fmt: skip
-        allowed = self.allowed if quota is None else within(self.ug, quota, self.allowed)
+        allowed = self.allowance()
+        allowed = allowed if quota is None else within(self.ug, quota, allowed)
         if not get_criterion(self.criterion).ranks_by_risk:
-            if flops is None:
+            if flops is None or math.isinf(flops[1]):
                 units = self.prefix(self.order(sc), count or 0, quota)
             else:  # the ranking's prefix that saves the FLOPs asked for
                 saves, goal, _ = flops

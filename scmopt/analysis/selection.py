@@ -11,6 +11,7 @@ made a round of EfficientNet-Lite1 (9,747 units, cuts of 1,152 channels) take 15
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,43 +23,62 @@ if TYPE_CHECKING:
     from scmopt.analysis.scoring import Scores
 
 
-def _folds(fits: list[Fit], fold: bool) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Positions of the folded fits, their predictor channels and minus their coefficients,
-    zero-padded to the widest fold."""
-    folded = [r for r, f in enumerate(fits) if fold and f.pred and f.resid < f.var]
-    if not folded:
-        return folded, np.zeros((0, 0), int), np.zeros((0, 0))
-    width = max(len(fits[r].pred_idx) for r in folded)
-    idx = np.zeros((len(folded), width), dtype=int)
-    coef = np.zeros((len(folded), width))
-    for i, r in enumerate(folded):
-        k = len(fits[r].pred_idx)
-        idx[i, :k], coef[i, :k] = fits[r].pred_idx, -fits[r].coef
-    return folded, idx, coef
+class _Without:
+    """`base` minus one member, for membership tests, without copying a set of thousands."""
+
+    def __init__(self, base: set[str], gone: str) -> None:
+        self.base, self.gone = base, gone
+
+    def __contains__(self, x: object) -> bool:
+        return x != self.gone and x in self.base
 
 
-def residual_cross(cs: CutStats, rows: list[Fit], cols: list[Fit], fold: bool,
+@dataclass
+class Block:
+    """Fits at one cut laid out for residual_cross: target channels, which fits fold, their
+    predictor channels and minus their coefficients (zero-padded to the widest fold). Made
+    once per set of fits: the greedy reuses the chosen units' block across candidates."""
+
+    units: list[str]
+    ch: np.ndarray
+    folded: np.ndarray
+    idx: np.ndarray
+    coef: np.ndarray
+
+    @classmethod
+    def of(cls, fits: list[Fit], fold: bool, units: list[str] | None = None) -> Block:
+        ch = np.array([f.channels[0] for f in fits], dtype=int)
+        folded = [r for r, f in enumerate(fits) if fold and f.pred and f.resid < f.var]
+        width = max((len(fits[r].pred_idx) for r in folded), default=0)
+        idx = np.zeros((len(folded), width), dtype=int)
+        coef = np.zeros((len(folded), width))
+        for i, r in enumerate(folded):
+            k = len(fits[r].pred_idx)
+            idx[i, :k], coef[i, :k] = fits[r].pred_idx, -fits[r].coef
+        return cls(units or [], ch, np.array(folded, dtype=int), idx, coef)
+
+
+def residual_cross(cs: CutStats, rows: list[Fit] | Block, cols: list[Fit] | Block, fold: bool,
                    target: Values = Values.ORIGINAL) -> np.ndarray:  # fmt: skip
     """E_I[d_a d_b] (within-position, pooled) for the residuals d = a - r of fits `rows` x
     `cols` at one cut. Removed units are never swapped, their predictors are: target-target
     pairs use plain moments, target-predictor pairs the one-swapped ones, predictor pairs the
-    two-swapped. Folds have a handful of predictors: gathered, not multiplied as dense [n, C]
-    rows (the search calls this for every candidate on cuts with hundreds of channels)."""
-    ra = np.array([f.channels[0] for f in rows], dtype=int)
-    cb = np.array([f.channels[0] for f in cols], dtype=int)
-    out = cs.covariance(0, target, target)[np.ix_(ra, cb)].copy()
-    fr, idx_r, coef_r = _folds(rows, fold)
-    fc, idx_c, coef_c = _folds(cols, fold)
-    if not fr and not fc:
+    two-swapped. Folds have a handful of predictors: only the entries they touch are
+    gathered (the search calls this for every candidate on cuts with hundreds of channels)."""
+    a = rows if isinstance(rows, Block) else Block.of(rows, fold)
+    b = cols if isinstance(cols, Block) else Block.of(cols, fold)
+    out = cs.covariance(0, target, target)[np.ix_(a.ch, b.ch)].copy()
+    if not len(a.folded) and not len(b.folded):
         return out
     c1 = cs.covariance(1, target, Values.PLAN)
-    if fc:
-        out[:, fc] += np.einsum("mkw,kw->mk", c1[ra][:, idx_c], coef_c)  # target a x fold b
-    if fr:
-        out[fr, :] += np.einsum("mkw,kw->mk", c1[cb][:, idx_r], coef_r).T
-    if fr and fc:
-        rows_c2 = np.einsum("kw,kwc->kc", coef_r, cs.covariance(2)[idx_r])
-        out[np.ix_(fr, fc)] += np.einsum("klv,lv->kl", rows_c2[:, idx_c], coef_c)
+    if len(b.folded):  # target a x fold b
+        out[:, b.folded] += np.einsum("mkw,kw->mk", c1[a.ch[:, None, None], b.idx[None]], b.coef)
+    if len(a.folded):
+        out[a.folded, :] += np.einsum("mkw,kw->km", c1[b.ch[:, None, None], a.idx[None]],
+                                      a.coef)  # fmt: skip
+    if len(a.folded) and len(b.folded):
+        c2 = cs.covariance(2)[a.idx[:, :, None, None], b.idx[None, None]]
+        out[np.ix_(a.folded, b.folded)] += np.einsum("kw,kwlv,lv->kl", a.coef, c2, b.coef)
     return out
 
 
@@ -72,14 +92,14 @@ def residual_cov(
 def residual_var(cs: CutStats, fits: list[Fit], fold: bool,
                  target: Values = Values.ORIGINAL) -> np.ndarray:  # fmt: skip
     """The diagonal of residual_cov, without the rest of it."""
-    ch = np.array([f.channels[0] for f in fits], dtype=int)
-    out = cs.covariance(0, target, target)[ch, ch].copy()
-    folded, idx, coef = _folds(fits, fold)
-    if folded:
+    blk = Block.of(fits, fold)
+    out = cs.covariance(0, target, target)[blk.ch, blk.ch].copy()
+    if len(blk.folded):
         c1, c2 = cs.covariance(1, target, Values.PLAN), cs.covariance(2)
-        cross = np.einsum("kw,kw->k", c1[ch[folded][:, None], idx], coef)
+        idx, coef = blk.idx, blk.coef
+        cross = np.einsum("kw,kw->k", c1[blk.ch[blk.folded][:, None], idx], coef)
         inner = np.einsum("kw,kwv,kv->k", coef, c2[idx[:, :, None], idx[:, None, :]], coef)
-        out[folded] += 2.0 * cross + inner
+        out[blk.folded] += 2.0 * cross + inner
     return out
 
 
@@ -146,16 +166,18 @@ def select(
 
     leaned: dict[str, tuple[dict[str, int], np.ndarray]] = {}
 
-    def krect(t: str, a: list[str], b: list[str]) -> np.ndarray:
-        """K between the channels of units `a` and of units `b` at cut t."""
-        ca = np.array([cur[u][t].channels[0] for u in a], dtype=int)
-        cb = np.array([cur[u][t].channels[0] for u in b], dtype=int)
+    def block(t: str, units: list[str], fits: dict[str, dict[str, Fit]] | None = None) -> Block:
+        src = cur if fits is None else fits
+        return Block.of([src[u][t] for u in units], fold, units)
+
+    def krect(t: str, a: Block, b: Block) -> np.ndarray:
+        """K between the channels of the units of blocks `a` and `b` at cut t."""
         lean = (leaning or {}).get(t, {})
-        if not lean or not any(u in lean for u in (*a, *b)):
+        if not lean:
             if coupling is None:
                 kap = sc.kappa[t]
-                return np.where(ca[:, None] == cb[None, :], kap[ca][:, None], 0.0)
-            return coupling[t][np.ix_(ca, cb)]
+                return np.where(a.ch[:, None] == b.ch[None, :], kap[a.ch][:, None], 0.0)
+            return coupling[t][np.ix_(a.ch, b.ch)]
         if t not in leaned:  # e_u^T K e_v for every pair of units at t, made once per call
             full = np.diag(sc.kappa[t]) if coupling is None else coupling[t]
             e = np.zeros((len(full), len(at_cut[t])))
@@ -165,18 +187,17 @@ def select(
                     e[:, j] += lean[u]
             leaned[t] = ({u: j for j, u in enumerate(at_cut[t])}, e.T @ np.nan_to_num(full) @ e)
         pos, k = leaned[t]
-        return k[np.ix_([pos[u] for u in a], [pos[u] for u in b])]
+        return k[np.ix_([pos[u] for u in a.units], [pos[u] for u in b.units])]
+
+    chosen_block: dict[str, Block] = {}  # chosen units of a cut with their current fits
+
+    def chosen_at_block(t: str) -> Block:
+        if t not in chosen_block:
+            chosen_block[t] = block(t, chosen_at[t])
+        return chosen_block[t]
 
     def scale(t: str) -> float:
         return stats.cuts[t].positions / out_var
-
-    def joint(t: str, units: list[str], fits: dict[str, dict[str, Fit]]) -> float:
-        """Second-order risk of removing `units` together at cut t (fits: current or not)."""
-        units = [u for u in units if t in fits[u]]
-        if not units:
-            return 0.0
-        d = residual_cov(stats.cuts[t], [fits[u][t] for u in units], fold, target)
-        return scale(t) * float(np.sum(krect(t, units, units) * d))  # K: channels only
 
     base_joint = {t: 0.0 for t in stats.cuts}
     # ordering terms: per cut, each live unit's own risk + 2 x its cross terms with the chosen
@@ -184,8 +205,13 @@ def select(
     for t, members in at_cut.items():
         us = [u for u in members if u in live]
         if us:
+            blk = block(t, us)
             d = residual_var(stats.cuts[t], [cur[u][t] for u in us], fold, target)
-            k = np.array([krect(t, [u], [u])[0, 0] for u in us])
+            k = (
+                np.diagonal(krect(t, blk, blk))
+                if (leaning or {}).get(t)
+                else (sc.kappa[t][blk.ch] if coupling is None else coupling[t][blk.ch, blk.ch])
+            )
             terms[t] = {u: scale(t) * float(k[i] * d[i]) for i, u in enumerate(us)}
         else:
             terms[t] = {}
@@ -194,26 +220,25 @@ def select(
         for u, v in terms.get(t, {}).items():
             base[u] += v
 
-    def add_cross(t: str, rows: list[str], fits: dict[str, Fit], cols: list[str],
-                  sign: float) -> None:  # fmt: skip
-        """terms[t][c] += sign * 2 sum_r K_rc E[d_r d_c] for rows r (with `fits` at t)."""
-        if not rows or not cols:
+    def add_cross(t: str, rows: Block, cols: Block, sign: float) -> None:
+        """terms[t][c] += sign * 2 sum_r K_rc E[d_r d_c] for the rows' fits."""
+        if not rows.units or not cols.units:
             return
-        d = residual_cross(stats.cuts[t], [fits[r] for r in rows], [cur[c][t] for c in cols],
-                           fold, target)  # fmt: skip
+        d = residual_cross(stats.cuts[t], rows, cols, fold, target)
         inc = sign * 2.0 * scale(t) * np.sum(krect(t, rows, cols) * d, axis=0)
-        for c, v in zip(cols, inc.tolist(), strict=True):
+        for c, v in zip(cols.units, inc.tolist(), strict=True):
             terms[t][c] += v
             base[c] += v
 
     def refresh(t: str, u: str) -> None:
         """u's term at t made again from its current fit (after a refit)."""
-        fit = cur[u][t]
-        rs = chosen_at[t]
-        v = float(krect(t, [u], [u])[0, 0] * residual_var(stats.cuts[t], [fit], fold, target)[0])
-        if rs:
-            d = residual_cross(stats.cuts[t], [cur[r][t] for r in rs], [fit], fold, target)
-            v += 2.0 * float(np.sum(krect(t, rs, [u]) * d))
+        me = block(t, [u])
+        v = float(krect(t, me, me)[0, 0] * residual_var(stats.cuts[t], [cur[u][t]], fold,
+                                                        target)[0])  # fmt: skip
+        if chosen_at[t]:
+            rs = chosen_at_block(t)
+            d = residual_cross(stats.cuts[t], rs, me, fold, target)
+            v += 2.0 * float(np.sum(krect(t, rs, me) * d))
         v *= scale(t)
         base[u] += v - terms[t][u]
         terms[t][u] = v
@@ -229,10 +254,31 @@ def select(
         users = sorted((i for i in users_of.get(u, ()) if i in order), key=order.get)
         if not users:  # the ordering term is the exact increase: nothing to refit
             return base[u], {}, {t: base_joint[t] + terms[t][u] for t in cur[u]}
-        new = refit(kept - {u}, users)
-        fits = {**cur, **new}
-        after = {t: joint(t, chosen + [u], fits) for t in cur[u]}
+        new = refit(_Without(kept, u), users)
+        after = {t: base_joint[t] + change(t, u, new) for t in cur[u]}
         return sum(after[t] - base_joint[t] for t in after), new, after
+
+    def change(t: str, u: str, new: dict[str, dict[str, Fit]]) -> float:
+        """joint(chosen + [u]) with `new` fits of u's users - joint(chosen) with their old
+        ones, at cut t, from the rows of u and of its users against the chosen units' block
+        (their old columns taken out again, the new ones put in)."""
+        cs = stats.cuts[t]
+        rs = chosen_at_block(t)
+        moved = [a for a in chosen_at[t] if a in new]
+
+        def kd(a: Block, b: Block) -> float:
+            return float(np.sum(krect(t, a, b) * residual_cross(cs, a, b, fold, target)))
+
+        me = block(t, [u])
+        total = float(krect(t, me, me)[0, 0] * residual_var(cs, [cur[u][t]], fold, target)[0])
+        if chosen_at[t]:
+            total += 2.0 * kd(me, rs)
+        if moved:
+            mn, mo = block(t, moved, new), block(t, moved)
+            total += 2.0 * (kd(mn, rs) - kd(mn, mo)) + kd(mn, mn)
+            total -= 2.0 * kd(mo, rs) - kd(mo, mo)
+            total += 2.0 * (kd(me, mn) - kd(me, mo))
+        return scale(t) * total
 
     while live and (count is None or len(chosen) < count) and (goal is None or saved < goal):
         best = None
@@ -270,13 +316,14 @@ def select(
         # the refitted live units' own terms
         stale_set = set(stale)
         for t in sorted({t for u in (j, *new, *stale) for t in cur[u]}):
-            cols = [u for u in at_cut[t] if u in live and u not in stale_set]
+            chosen_block.pop(t, None)  # its units or their fits changed
+            cols = block(t, [u for u in at_cut[t] if u in live and u not in stale_set])
             moved = [a for a in new if t in cur[a]]
             if t in cur[j]:
                 chosen_at[t].append(j)
-                add_cross(t, [j], {j: cur[j][t]}, cols, 1.0)
-            add_cross(t, moved, {a: cur[a][t] for a in moved}, cols, 1.0)
-            add_cross(t, moved, {a: old[a][t] for a in moved}, cols, -1.0)
+                add_cross(t, block(t, [j]), cols, 1.0)
+            add_cross(t, block(t, moved), cols, 1.0)
+            add_cross(t, block(t, moved, old), cols, -1.0)
             for u in stale:
                 if t in cur[u] and u in live:
                     refresh(t, u)

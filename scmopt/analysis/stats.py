@@ -176,11 +176,13 @@ class CutStats:
         return slice(c, 2 * c) if self.original and which == Values.ORIGINAL else slice(0, c)
 
     def _mean_all(self) -> np.ndarray:
-        wp, ws, wu = self._weights()
-        mu = (wp + ws) * self.plain.mean
-        if wu:
-            mu = mu + wu * self.up.mean
-        return mu
+        if "mean" not in self.memo:  # [2C, P] at per-position cuts: every refit asks for it
+            wp, ws, wu = self._weights()
+            mu = (wp + ws) * self.plain.mean
+            if wu:
+                mu = mu + wu * self.up.mean
+            self.memo["mean"] = mu
+        return self.memo["mean"]
 
     @property
     def mean(self) -> np.ndarray:
@@ -230,12 +232,17 @@ class CutStats:
     @property
     def variance(self) -> np.ndarray:
         """[C] within-position variance under I, pooled over positions."""
-        return np.clip(np.diag(self.covariance(0)), 0.0, None)
+        if "var" not in self.memo:
+            self.memo["var"] = np.clip(np.diag(self.covariance(0)), 0.0, None)
+        return self.memo["var"]
 
     @property
     def target_variance(self) -> np.ndarray:
         """[C] within-position variance of the original network's values."""
-        return np.clip(np.diag(self.covariance(0, Values.ORIGINAL, Values.ORIGINAL)), 0.0, None)
+        if "target_var" not in self.memo:
+            cov = self.covariance(0, Values.ORIGINAL, Values.ORIGINAL)
+            self.memo["target_var"] = np.clip(np.diag(cov), 0.0, None)
+        return self.memo["target_var"]
 
     @property
     def positions(self) -> float:

@@ -27,6 +27,7 @@ SEARCH_ONLY = (
     "keep",
     "keep_heads",
     "flops",
+    "per_flop",
     "certify",
     "criterion",
     "no_fold",
@@ -55,6 +56,8 @@ REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align", "metric")
 @click.option("--flops", type=click.FloatRange(0, 1, min_open=True),
               help="compiled FLOPs at most this fraction of the original's (units removed by "
               "predicted risk per FLOP saved)")  # fmt: skip
+@click.option("--per-flop", is_flag=True, help="rank removals by predicted risk per FLOP "
+              "saved under any rule (--flops always does)")  # fmt: skip
 @click.option("--certify", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="accept a plan only when its fidelity's anytime-valid lower bound on the "
               "validation split is >= F0")  # fmt: skip
@@ -121,7 +124,7 @@ def compress(**o: Any) -> None:
             device=o["device"], seed=o["seed"], progress=progress, align=o["align"],
             swap_p=o["swap_p"], plan=run["given"], on_plan=on_plan, certify=o["certify"],
             delta=o["delta"], metric=run["metric"], fold_parents=o["fold_parents"],
-            keep_heads=o["keep_heads"], flops=o["flops"],
+            keep_heads=o["keep_heads"], flops=o["flops"], per_flop=o["per_flop"],
         )  # fmt: skip
         progress.close()
         result.report["input"], result.report["output"] = run["in_path"], o["out_path"]
