@@ -249,35 +249,44 @@ def select(
         for t in cur[u]:
             terms[t].pop(u, None)
 
+    # deltas with refits, exact until a step touches a cut of the unit or of its users
+    known: dict[str, tuple[float, dict, dict]] = {}
+
     def delta(u: str) -> tuple[float, dict, dict]:
         """Exact model increase of removing u now (users of u refitted without it)."""
         users = sorted((i for i in users_of.get(u, ()) if i in order), key=order.get)
         if not users:  # the ordering term is the exact increase: nothing to refit
             return base[u], {}, {t: base_joint[t] + terms[t][u] for t in cur[u]}
-        new = refit(_Without(kept, u), users)
-        after = {t: base_joint[t] + change(t, u, new) for t in cur[u]}
-        return sum(after[t] - base_joint[t] for t in after), new, after
+        if u not in known:
+            new = refit(_Without(kept, u), users)
+            after = {t: base_joint[t] + change(t, u, new) for t in cur[u]}
+            known[u] = (sum(after[t] - base_joint[t] for t in after), new, after)
+        return known[u]
 
     def change(t: str, u: str, new: dict[str, dict[str, Fit]]) -> float:
         """joint(chosen + [u]) with `new` fits of u's users - joint(chosen) with their old
         ones, at cut t, from the rows of u and of its users against the chosen units' block
         (their old columns taken out again, the new ones put in)."""
         cs = stats.cuts[t]
-        rs = chosen_at_block(t)
         moved = [a for a in chosen_at[t] if a in new]
-
-        def kd(a: Block, b: Block) -> float:
-            return float(np.sum(krect(t, a, b) * residual_cross(cs, a, b, fold, target)))
-
-        me = block(t, [u])
+        m = len(moved)
+        # rows: u, its users' new fits, their old ones; one gather per column block
+        rows = Block.of([cur[u][t]] + [new[a][t] for a in moved] + [cur[a][t] for a in moved],
+                        fold, [u, *moved, *moved])  # fmt: skip
+        mn, mo = slice(1, 1 + m), slice(1 + m, 1 + 2 * m)
+        me = Block(rows.units[:1], rows.ch[:1], np.zeros(0, int), rows.idx[:0], rows.coef[:0])
         total = float(krect(t, me, me)[0, 0] * residual_var(cs, [cur[u][t]], fold, target)[0])
         if chosen_at[t]:
-            total += 2.0 * kd(me, rs)
-        if moved:
-            mn, mo = block(t, moved, new), block(t, moved)
-            total += 2.0 * (kd(mn, rs) - kd(mn, mo)) + kd(mn, mn)
-            total -= 2.0 * kd(mo, rs) - kd(mo, mo)
-            total += 2.0 * (kd(me, mn) - kd(me, mo))
+            rs = chosen_at_block(t)
+            r1 = np.sum(krect(t, rows, rs) * residual_cross(cs, rows, rs, fold, target), axis=1)
+            total += 2.0 * (r1[0] + r1[mn].sum() - r1[mo].sum())
+        if m:
+            cols = Block.of([new[a][t] for a in moved] + [cur[a][t] for a in moved], fold,
+                            [*moved, *moved])  # fmt: skip
+            k2 = krect(t, rows, cols) * residual_cross(cs, rows, cols, fold, target)
+            cn, co = slice(0, m), slice(m, 2 * m)
+            total += -2.0 * k2[mn, co].sum() + k2[mn, cn].sum() + k2[mo, co].sum()
+            total += 2.0 * (k2[0, cn].sum() - k2[0, co].sum())
         return scale(t) * total
 
     while live and (count is None or len(chosen) < count) and (goal is None or saved < goal):
@@ -315,7 +324,15 @@ def select(
         # the terms that changed: j's (and refitted users') rows against the live units, and
         # the refitted live units' own terms
         stale_set = set(stale)
-        for t in sorted({t for u in (j, *new, *stale) for t in cur[u]}):
+        touched = sorted({t for u in (j, *new, *stale) for t in cur[u]})
+        for t in touched:  # cached deltas that read these cuts: their users' or their own
+            for v in at_cut[t]:
+                known.pop(v, None)
+            for a in chosen_at[t]:
+                for f in cur[a].values():
+                    for k in f.pred:
+                        known.pop(k, None)
+        for t in touched:
             chosen_block.pop(t, None)  # its units or their fits changed
             cols = block(t, [u for u in at_cut[t] if u in live and u not in stale_set])
             moved = [a for a in new if t in cur[a]]
