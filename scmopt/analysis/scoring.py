@@ -175,10 +175,10 @@ class Scorer:
         out_var = out_var or stats.out_variance
         secs: dict[str, float] = {}
         t0 = time.perf_counter()
-        fits = self.fits(stats, {u for u in self.ug.units if u not in plan.removed},
+        fits = self.fits(stats, {u for u in self.ug.units if u not in plan.actions},
                          candidates, fold)  # fmt: skip
         secs["fit"] = time.perf_counter() - t0
-        kept = {t: np.array([u not in plan.removed for u in self.ug.cuts[t].units])
+        kept = {t: np.array([u not in plan.actions for u in self.ug.cuts[t].units])
                 for t in self.sites}  # fmt: skip
         t0 = time.perf_counter()
         probed: set[str] = set()

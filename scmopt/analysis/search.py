@@ -135,7 +135,7 @@ class _Search:
         self.timing[key] = self.timing.get(key, 0.0) + time.perf_counter() - t0
 
     def candidates(self) -> list[str]:
-        return sorted(u for u in self.ug.prunable if u not in self.plan.removed)
+        return sorted(u for u in self.ug.prunable if u not in self.plan.actions)
 
     def analyse_stats(self, round_: int) -> None:
         """Statistics under the current plan (with the original's values for refits)."""
@@ -180,7 +180,7 @@ class _Search:
         fold=False: constants only."""
         fold = self.fold if fold is None else fold
         removed = sorted(self.plan.removed)
-        kept = {u for u in self.ug.units if u not in self.plan.removed}
+        kept = {u for u in self.ug.units if u not in self.plan.actions}
         fits = self.scorer.fits(self.stats, kept, removed, fold)
         plan = Plan()
         for u in removed:
@@ -194,7 +194,7 @@ class _Search:
     def prefix(self, order: list[str], n: int, quota: dict[str, int] | None = None) -> list[str]:
         """The first n units of `order` whose removal leaves every cut a kept unit (and, with
         `quota`, at most that many of each group)."""
-        left = {t: sum(u not in self.plan.removed for u in c.units)
+        left = {t: sum(u not in self.plan.actions for u in c.units)
                 for t, c in self.ug.cuts.items()}  # fmt: skip
         room = dict(quota) if quota is not None else None
         out = []
@@ -220,7 +220,7 @@ class _Search:
         """allowed(u, chosen): removing u after `chosen` (one greedy's list, which only
         grows) leaves every cut u occupies a kept unit. Counts the kept units per cut once and
         updates them from what `chosen` gained since the last call."""
-        left = {t: len({v for v in c.units if v not in self.plan.removed})
+        left = {t: len({v for v in c.units if v not in self.plan.actions})
                 for t, c in self.ug.cuts.items()}  # fmt: skip
         seen = [0]
 
@@ -235,7 +235,7 @@ class _Search:
 
     def retarget(self, sc: Scores, target: str) -> Scores:
         """The same scores with the candidates fitted toward `target` values (same kappa)."""
-        kept = {u for u in self.ug.units if u not in self.plan.removed}
+        kept = {u for u in self.ug.units if u not in self.plan.actions}
         fits = self.scorer.fits(self.stats, kept, list(sc.fits), self.fold, target)
         const, folded, action = risks(self.ug, self.stats, sc.kappa, fits, self.out_var,
                                       self.fold)  # fmt: skip
@@ -284,7 +284,7 @@ class _Search:
                         units.append(u)
                         saved += saves[u]
             return units, self.extend(sc, units, target), float("nan")
-        kept = {u for u in self.ug.units if u not in self.plan.removed}
+        kept = {u for u in self.ug.units if u not in self.plan.actions}
         coupling = None
         if get_criterion(self.criterion).coupled:
             coupling = {t: curv_coupling(self.ug, t, sc.kappa[t]) for t in self.stats.cuts}
