@@ -4,6 +4,7 @@
     python tools/bench_real.py                                  # every model but CRAFT, both rules
     python tools/bench_real.py --models mtcnn_rnet mtcnn_onet --rules keep=0.5 min-fidelity=0.97
     python tools/bench_real.py --models efficientnet_lite1 --rules keep=0.5
+    python tools/bench_real.py --models mtcnn_pnet --rules min-fidelity=0.97+per-flop flops=0.7
 
 Models are those of models/real/manifest.json (tools/build_real.py). CRAFT (73 GFLOPs per
 sample at its build size; the size is a build-time option, `build_real.py --craft-size`) runs
@@ -93,15 +94,19 @@ def load_split(name: str, which: str) -> tuple[dict[str, np.ndarray], np.ndarray
     return arrays, y
 
 
-def parse_rule(text: str) -> tuple[str, float]:
-    name, _, value = text.partition("=")
-    if name not in ("keep", "min-fidelity") or not value:
-        raise argparse.ArgumentTypeError(f"rule {text!r}: keep=R or min-fidelity=F")
-    return name, float(value)
+def parse_rule(text: str) -> tuple[str, float, bool]:
+    """keep=R, min-fidelity=F or flops=F, with `+per-flop` for scmopt's --per-flop."""
+    body, plus, extra = text.partition("+")
+    name, _, value = body.partition("=")
+    if name not in ("keep", "min-fidelity", "flops") or not value or extra not in ("", "per-flop"):
+        raise argparse.ArgumentTypeError(
+            f"rule {text!r}: keep=R, min-fidelity=F or flops=F, optionally +per-flop"
+        )
+    return name, float(value), bool(plus)
 
 
-def rule_text(rule: tuple[str, float]) -> str:
-    return f"{rule[0]}={rule[1]:g}"
+def rule_text(rule: tuple[str, float, bool]) -> str:
+    return f"{rule[0]}={rule[1]:g}" + ("+per-flop" if rule[2] else "")
 
 
 def per_model(items: list[str]) -> dict[str, str]:
@@ -122,7 +127,7 @@ def run_scmopt(entry: dict, rule: tuple[str, float], output: str, metric: str,
                samples: int | None, timeout_s: float) -> dict:  # fmt: skip
     """One `scmopt` compress in a child process: status, wall time, peak RSS, report."""
     name = entry["name"]
-    tag = f"{name}_{rule[0]}{rule[1]:g}"
+    tag = f"{name}_{rule[0]}{rule[1]:g}{'_per_flop' if rule[2] else ''}"
     WORK.mkdir(parents=True, exist_ok=True)
     out, rep, log = WORK / f"{tag}.onnx", WORK / f"{tag}.report.json", WORK / f"{tag}.stderr"
     for p in (out, rep):
@@ -131,6 +136,8 @@ def run_scmopt(entry: dict, rule: tuple[str, float], output: str, metric: str,
            "--data", str(REAL / entry["calib"]), f"--{rule[0]}", f"{rule[1]:g}",
            "--metric", metric, "--output", output, "--device", "cpu",
            "--report", str(rep)]  # fmt: skip
+    if rule[2]:
+        cmd.append("--per-flop")
     if samples is not None:
         cmd += ["--samples", str(samples)]
     shown = "scmopt " + " ".join(str(c) for c in cmd[3:])
@@ -398,7 +405,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", help="default: every built model but craft")
     ap.add_argument("--rules", nargs="*", type=parse_rule,
-                    default=[("keep", 0.5), ("min-fidelity", 0.97)])  # fmt: skip
+                    default=[("keep", 0.5, False), ("min-fidelity", 0.97, False)])  # fmt: skip
     ap.add_argument("--samples", type=int, help="calibration samples used (default: all, 256)")
     ap.add_argument("--output", nargs="*", default=[], metavar="MODEL=NAME",
                     help="analyse this output of MODEL")  # fmt: skip
