@@ -11,7 +11,6 @@ group per round.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from scmopt.errors import ScmoptError
 from scmopt.units import UnitGraph
@@ -65,23 +64,3 @@ def round_quota(left: dict[str, int], last: bool) -> dict[str, int]:
     """Units of each group one halving round removes: half of what is left (all of it in the
     last round)."""
     return {g: (n if last else int(math.ceil(n / 2))) for g, n in left.items() if n > 0}
-
-
-Allowed = Callable[[str, list[str]], bool]
-
-
-def within(ug: UnitGraph, quota: dict[str, int], allowed: Allowed) -> Allowed:
-    """`allowed`, and u's group has room left in `quota` after `chosen`."""
-
-    taken: dict[str, int] = {}
-    seen = [0]  # `chosen` only grows within one greedy: count what it gained since
-
-    def ok(u: str, chosen: list[str]) -> bool:
-        for v in chosen[seen[0] :]:
-            taken[group_of(ug, v)] = taken.get(group_of(ug, v), 0) + 1
-        seen[0] = len(chosen)
-        if taken.get(group_of(ug, u), 0) >= quota.get(group_of(ug, u), 0):
-            return False
-        return allowed(u, chosen)
-
-    return ok

@@ -46,7 +46,7 @@ from scmopt.analysis.criteria import criterion as get_criterion
 from scmopt.analysis.curvature import Prober
 from scmopt.analysis.curvature import coupling as curv_coupling
 from scmopt.analysis.flop_model import FlopModel
-from scmopt.analysis.groups import group_of, keep_targets, within
+from scmopt.analysis.groups import group_of, keep_targets
 from scmopt.analysis.measure import Evaluator, Metrics, Runner
 from scmopt.analysis.rules import (
     budget_mode,
@@ -216,19 +216,25 @@ class _Search:
             out.append(u)
         return out
 
-    def allowance(self) -> Callable[[str, list[str]], bool]:
+    def allowance(self, quota: dict[str, int] | None = None) -> Callable[[str, list[str]], bool]:
         """allowed(u, chosen): removing u after `chosen` (one greedy's list, which only
-        grows) leaves every cut u occupies a kept unit. Counts the kept units per cut once and
-        updates them from what `chosen` gained since the last call."""
+        grows) leaves every cut u occupies a kept unit and, with `quota`, leaves u's group
+        (analysis.groups) within its count. Counts kept units per cut and chosen units per
+        group once and updates them from what `chosen` gained since the last call."""
         left = {t: len({v for v in c.units if v not in self.plan.actions})
                 for t, c in self.ug.cuts.items()}  # fmt: skip
+        taken: dict[str, int] = {}
         seen = [0]
 
         def allowed(u: str, chosen: list[str]) -> bool:
             for v in chosen[seen[0] :]:
                 for t in self.ug.units[v].cuts:
                     left[t] -= 1
+                taken[group_of(self.ug, v)] = taken.get(group_of(self.ug, v), 0) + 1
             seen[0] = len(chosen)
+            g = group_of(self.ug, u)
+            if quota is not None and taken.get(g, 0) >= quota.get(g, 0):
+                return False
             return all(left[t] >= 2 for t in self.ug.units[u].cuts)
 
         return allowed
@@ -269,8 +275,7 @@ class _Search:
                 trace: list[float] | None, target: str, quota: dict[str, int] | None,
                 flops: tuple[dict[str, float], float, bool] | None,
                 ) -> tuple[list[str], Plan, float]:  # fmt: skip
-        allowed = self.allowance()
-        allowed = allowed if quota is None else within(self.ug, quota, allowed)
+        allowed = self.allowance(quota)
         if not get_criterion(self.criterion).ranks_by_risk:
             if flops is None or math.isinf(flops[1]):
                 units = self.prefix(self.order(sc), count or 0, quota)

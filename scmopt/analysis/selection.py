@@ -178,7 +178,14 @@ def select(
                 kap = sc.kappa[t]
                 return np.where(a.ch[:, None] == b.ch[None, :], kap[a.ch][:, None], 0.0)
             return coupling[t][np.ix_(a.ch, b.ch)]
-        if t not in leaned:  # e_u^T K e_v for every pair of units at t, made once per call
+        pos, k = leaned_k(t)
+        return k[np.ix_([pos[u] for u in a.units], [pos[u] for u in b.units])]
+
+    def leaned_k(t: str) -> tuple[dict[str, int], np.ndarray]:
+        """e_u^T K e_v for every pair of units at t (e_u: u's channel plus the plan's folds
+        leaning on it), made once per call."""
+        if t not in leaned:
+            lean = leaning[t]
             full = np.diag(sc.kappa[t]) if coupling is None else coupling[t]
             e = np.zeros((len(full), len(at_cut[t])))
             for j, u in enumerate(at_cut[t]):
@@ -186,8 +193,7 @@ def select(
                 if u in lean:
                     e[:, j] += lean[u]
             leaned[t] = ({u: j for j, u in enumerate(at_cut[t])}, e.T @ np.nan_to_num(full) @ e)
-        pos, k = leaned[t]
-        return k[np.ix_([pos[u] for u in a.units], [pos[u] for u in b.units])]
+        return leaned[t]
 
     chosen_block: dict[str, Block] = {}  # chosen units of a cut with their current fits
 
@@ -199,19 +205,27 @@ def select(
     def scale(t: str) -> float:
         return stats.cuts[t].positions / out_var
 
+    def kdiag(t: str, b: Block) -> np.ndarray:
+        """K_uu of each unit of `b` at cut t (the diagonal of krect(t, b, b), not the rest)."""
+        if (leaning or {}).get(t):
+            pos, k = leaned_k(t)
+            idx = [pos[u] for u in b.units]
+            return k[idx, idx]
+        return sc.kappa[t][b.ch] if coupling is None else coupling[t][b.ch, b.ch]
+
+    def own(t: str, u: str) -> float:
+        """K_uu E[d_u^2] of u's current fit at t (unscaled)."""
+        d = residual_var(stats.cuts[t], [cur[u][t]], fold, target)[0]
+        return float(kdiag(t, block(t, [u]))[0] * d)
+
     base_joint = {t: 0.0 for t in stats.cuts}
     # ordering terms: per cut, each live unit's own risk + 2 x its cross terms with the chosen
     terms: dict[str, dict[str, float]] = {}
     for t, members in at_cut.items():
         us = [u for u in members if u in live]
         if us:
-            blk = block(t, us)
             d = residual_var(stats.cuts[t], [cur[u][t] for u in us], fold, target)
-            k = (
-                np.diagonal(krect(t, blk, blk))
-                if (leaning or {}).get(t)
-                else (sc.kappa[t][blk.ch] if coupling is None else coupling[t][blk.ch, blk.ch])
-            )
+            k = kdiag(t, block(t, us))
             terms[t] = {u: scale(t) * float(k[i] * d[i]) for i, u in enumerate(us)}
         else:
             terms[t] = {}
@@ -233,8 +247,7 @@ def select(
     def refresh(t: str, u: str) -> None:
         """u's term at t made again from its current fit (after a refit)."""
         me = block(t, [u])
-        v = float(krect(t, me, me)[0, 0] * residual_var(stats.cuts[t], [cur[u][t]], fold,
-                                                        target)[0])  # fmt: skip
+        v = own(t, u)
         if chosen_at[t]:
             rs = chosen_at_block(t)
             d = residual_cross(stats.cuts[t], rs, me, fold, target)
@@ -274,8 +287,7 @@ def select(
         rows = Block.of([cur[u][t]] + [new[a][t] for a in moved] + [cur[a][t] for a in moved],
                         fold, [u, *moved, *moved])  # fmt: skip
         mn, mo = slice(1, 1 + m), slice(1 + m, 1 + 2 * m)
-        me = Block(rows.units[:1], rows.ch[:1], np.zeros(0, int), rows.idx[:0], rows.coef[:0])
-        total = float(krect(t, me, me)[0, 0] * residual_var(cs, [cur[u][t]], fold, target)[0])
+        total = own(t, u)
         if chosen_at[t]:
             rs = chosen_at_block(t)
             r1 = np.sum(krect(t, rows, rs) * residual_cross(cs, rows, rs, fold, target), axis=1)

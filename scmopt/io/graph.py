@@ -19,7 +19,7 @@ from onnx import shape_inference
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from scmopt.errors import ScmoptError
-from scmopt.io.key_transpose import fold_key_transpose
+from scmopt.io.key_transpose import fold_key_transpose, has_key_transpose
 
 # Constant folding runs onnxruntime; neither its optimizer warnings nor graphsurgeon's chatter
 # are for our users.
@@ -111,6 +111,8 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
             node.name = f"{node.op}_{i}"
         seen.add(node.name)
     out = refine_shapes(infer_shapes(_export(graph, model)))
+    if not has_key_transpose(out):  # no second import of the graph when it cannot match
+        return out
     rewritten = gs.import_onnx(out)
     if fold_key_transpose(rewritten):
         out = refine_shapes(infer_shapes(_export(rewritten.cleanup().toposort(), model)))

@@ -9,6 +9,7 @@ layout survives it and every head of the layer freezes. The chain computes exact
 
 from __future__ import annotations
 
+import onnx
 import onnx_graphsurgeon as gs
 
 
@@ -42,6 +43,14 @@ def _match(r2: gs.Node) -> tuple[gs.Tensor, gs.Node, gs.Node] | None:
     if not _same(mid[1:], sx[2:]) or not _same(so, [sx[0], sx[1], sx[3], sx[2]]):
         return None
     return x, r1, tr
+
+
+def has_key_transpose(model: onnx.ModelProto) -> bool:
+    """Whether the model has a Transpose([0, 2, 1]), the middle of the chain (a cheap test
+    before importing the graph)."""
+    return any(n.op_type == "Transpose" and any(a.name == "perm" and list(a.ints) == [0, 2, 1]
+                                                for a in n.attribute)
+               for n in model.graph.node)  # fmt: skip
 
 
 def fold_key_transpose(graph: gs.Graph) -> int:
