@@ -22,7 +22,7 @@ F = TensorProto.FLOAT
 __all__ = [
     "BUILDERS", "channels_last_head", "nhwc_conv_stack", "constant_weights", "unknown_shapes",
     "custom_domain_op", "with_if", "with_loop", "fixed_batch_reshape",
-    "fixed_batch_shape_chain", "transformer_ffn", "attention_block", "sample",
+    "fixed_batch_shape_chain", "transformer_ffn", "attention_block", "fused_attention", "sample",
 ]  # fmt: skip
 
 
@@ -483,6 +483,102 @@ def attention_block(seed: int = 0, runtime_targets: bool = False, seq: int | str
     return n.model(inputs, [_io("y", ["B", 4])], "attention_block", "pytorch")
 
 
+def fused_attention(seed: int = 0, qkv: str = "split", conv1d: bool = False,
+                    seq: int | str = 5) -> onnx.ModelProto:  # fmt: skip
+    """An encoder layer whose q, k, v come from one projection, as timm, Paddle and GPT-2 export.
+
+    x[B,T,16] -> LayerNormalization -> qkv = one linear to 48 features, then by `qkv`:
+    "split": Reshape [B, T, 3, H, Dh] -> Transpose [2,0,3,1,4] -> Split(axis 0) -> Squeeze(0)
+    (timm through TorchScript); "gather": the same with a Gather(axis 0, index s) per part;
+    "slice": Reshape [-1, T, 3, H, Dh] (Paddle) and Slice(axis 0, [s, s+1]) -> Squeeze(0) per
+    part (dynamo's unbind); "last_axis": Split(axis -1) into three [B, T, 16] and a head split
+    Reshape [0, 0, H, Dh] -> Transpose [0,2,1,3] each (GPT-2). Then MatMul(q, k^T) -> Mul(scale)
+    -> Softmax -> MatMul(v) -> Transpose -> Reshape(B, T, C) with C read from the Shape of the
+    block input (timm's `B, N, C = x.shape`) -> out projection -> residual -> FFN (Relu) ->
+    residual -> ReduceMean over T -> Gemm (3 classes). `conv1d`: every linear as GPT-2's Conv1D
+    exports, Reshape([-1, D]) -> Gemm(x, W[D, O], b) -> Reshape([B, T, O]) at run time (the
+    out projection's Reshape merges [B, T, H, Dh] directly).
+    """
+    d, h, dh = 16, 4, 4
+    n = _Net(seed)
+    x = "x"
+    shp = n.op("Shape", [x], "x.shape_of")
+    dim = {i: n.op("Gather", [shp, n.ints(f"x.i{i}", [i])], f"x.dim{i}", axis=0) for i in range(3)}
+
+    def linear(a: str, name: str, n_in: int, n_out: int) -> str:
+        w = n.weight(f"{name}.weight", (n_in, n_out), n_in, 1.0)
+        if not conv1d:
+            y = n.op("MatMul", [a, w], name)
+            return n.op("Add", [n.bias(f"{name}.bias", n_out), y], f"{name}_bias")
+        flat = n.op("Reshape", [a, n.ints(f"{name}.flat", [-1, n_in])], f"{name}_flat")
+        y = n.op("Gemm", [flat, w, n.bias(f"{name}.bias", n_out)], name)
+        back = n.op("Concat", [dim[0], dim[1], n.ints(f"{name}.o", [n_out])], f"{name}.back",
+                    axis=0)  # fmt: skip
+        return n.op("Reshape", [y, back], f"{name}_back")
+
+    scale = n.tensor("ln.weight", n.rng.uniform(0.5, 1.5, d).astype(np.float32))
+    a = n.op("LayerNormalization", [x, scale, n.bias("ln.bias", d)], "ln", axis=-1)
+    t = linear(a, "qkv", d, 3 * d)
+    parts: list[str] = []
+    if qkv == "last_axis":
+        outs = [f"qkv_split{i}" for i in range(3)]
+        n.nodes.append(helper.make_node("Split", [t, n.ints("qkv.sizes", [d] * 3)], outs,
+                                        name="qkv_split", axis=-1))  # fmt: skip
+        for i, o in enumerate(outs):
+            r = n.op("Reshape", [o, n.ints(f"head_split{i}", [0, 0, h, dh])], f"heads{i}")
+            parts.append(n.op("Transpose", [r], f"heads{i}_t", perm=[0, 2, 1, 3]))
+    else:
+        lead = [-1] if qkv == "slice" else [0]
+        tgt = (n.ints("qkv.split", [*lead, seq, 3, h, dh]) if isinstance(seq, int) else
+               n.op("Concat", [n.ints("qkv.b", lead), dim[1], n.ints("qkv.tail", [3, h, dh])],
+                    "qkv.split", axis=0))  # fmt: skip
+        r = n.op("Reshape", [t, tgt], "qkv_heads")
+        p = n.op("Transpose", [r], "qkv_t", perm=[2, 0, 3, 1, 4])
+        if qkv == "split":
+            outs = [f"qkv_part{i}" for i in range(3)]
+            n.nodes.append(helper.make_node("Split", [p, n.ints("qkv.ones", [1] * 3)], outs,
+                                            name="qkv_unbind", axis=0))  # fmt: skip
+        sq, ax0 = n.ints("qkv.sq", [0]), n.ints("qkv.axis0", [0])
+        for i in range(3):
+            if qkv == "gather":
+                parts.append(n.op("Gather", [p, n.tensor(f"qkv.idx{i}", np.array(i, np.int64))],
+                                  f"qkv_get{i}", axis=0))  # fmt: skip
+                continue
+            if qkv == "slice":
+                sl = n.op("Slice", [p, n.ints(f"qkv.s{i}", [i]), n.ints(f"qkv.e{i}", [i + 1]),
+                                    ax0], f"qkv_slice{i}")  # fmt: skip
+            else:
+                sl = f"qkv_part{i}"
+            parts.append(n.op("Squeeze", [sl, sq], f"qkv_sq{i}"))
+    q, k, v = parts
+    kt = n.op("Transpose", [k], "k_t", perm=[0, 1, 3, 2])
+    s = n.op("Mul", [n.op("MatMul", [q, kt], "scores"), n.scalar("scale", dh**-0.5)], "scaled")
+    c = n.op("MatMul", [n.op("Softmax", [s], "probs", axis=-1), v], "context")
+    c = n.op("Transpose", [c], "context_t", perm=[0, 2, 1, 3])
+    if conv1d:
+        w = n.weight("out.weight", (d, d), d, 1.0)
+        flat = n.op("Reshape", [c, n.ints("out.flat", [-1, d])], "out_flat")
+        o = n.op("Gemm", [flat, w, n.bias("out.bias", d)], "out_proj")
+        back = n.op("Concat", [dim[0], dim[1], n.ints("out.o", [d])], "out.back", axis=0)
+        o = n.op("Reshape", [o, back], "out_back")
+    else:
+        dims = []
+        for i in range(3):  # B, N, C = x.shape: scalar Gathers, unsqueezed
+            g = n.op("Gather", [shp, n.tensor(f"x.s{i}", np.array(i, np.int64))], f"x.sdim{i}",
+                     axis=0)  # fmt: skip
+            dims.append(n.op("Unsqueeze", [g, n.ints(f"x.u{i}", [0])], f"x.udim{i}"))
+        merge = n.op("Concat", dims, "merge.target", axis=0)
+        c = n.op("Reshape", [c, merge], "merged")
+        o = linear(c, "out", d, d)
+    r = n.op("Add", [x, o], "residual1")
+    f = n.op("Relu", [linear(r, "ffn_in", d, 24)], "ffn_act")
+    r = n.op("Add", [r, linear(f, "ffn_out", 24, d)], "residual2")
+    pool = n.op("ReduceMean", [r], "pool", axes=[1], keepdims=0)
+    n.op("Gemm", [pool, n.weight("head.weight", (3, d), d, 1.0), n.bias("head.bias", 3)],
+         "head", out="y", transB=1)  # fmt: skip
+    return n.model([_io("x", ["B", seq, d])], [_io("y", ["B", 3])], "fused_attention", "timm")
+
+
 BUILDERS = {
     f.__name__: f
     for f in (
@@ -497,6 +593,7 @@ BUILDERS = {
         fixed_batch_shape_chain,
         transformer_ffn,
         attention_block,
+        fused_attention,
     )  # fmt: skip
 }
 

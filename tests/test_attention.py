@@ -94,8 +94,8 @@ def test_hugging_face_sdpa_export_shapes_heads_are_units_and_compile_exactly(see
 def test_dynamo_key_transpose_through_a_batch_merge_keeps_heads_units(hf_style):
     """The dynamo SDPA lowering's K^T, Reshape([-1, T, Dh]) -> Transpose([0, 2, 1]) ->
     Reshape([B, H, Dh, T]), merges batch and heads; canonicalize makes it one Transpose
-    [0, 1, 3, 2] (io.key_transpose), computing the same. Without it every head froze (0/16 on
-    HF BertModel / ViTModel dynamo exports)."""
+    [0, 1, 3, 2] (io.rewrites.key_transpose), computing the same. Without it every head froze
+    (0/16 on HF BertModel / ViTModel dynamo exports)."""
     model = attention_block(dynamo_kt=True, hf_style=hf_style, seq="T", layers=2)
     canon = canonicalize(model)
     perms = [list(n.attribute[0].ints) for n in canon.graph.node if n.op_type == "Transpose"]
@@ -119,7 +119,7 @@ def test_key_transpose_rewrite_refuses_a_merge_that_is_not_batch_and_heads():
     input's leading (B, H) is a different function: left alone."""
     import onnx_graphsurgeon as gs
 
-    from scmopt.io.key_transpose import fold_key_transpose
+    from scmopt.io.rewrites.key_transpose import rewrite as fold_key_transpose
 
     x = gs.Variable("x", np.float32, ["B", 4, 6, 2])
     mid = gs.Variable("m", np.float32, ["BH", 6, 2])

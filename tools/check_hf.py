@@ -1,12 +1,18 @@
-"""Random-weight structure checks on Hugging Face BertModel / ViTModel exports (issue 12 item 5).
+"""Random-weight structure checks on Hugging Face BertModel / ViTModel / GPT2Model exports and a
+timm-style fused-QKV ViT (issue 12 item 5).
 
     python tools/check_hf.py [--only bert_ts17,vit_dynamo] [--no-compress] [--seeds 3]
+    python tools/check_hf.py --only gpt2_ts17,gpt2_dynamo,vitfused_ts17,vitfused_dynamo
     python tools/check_hf.py --patched [shapes,noop,isnan]   # diagnostic, tools/hf/patches.py
     python tools/check_hf.py --attn eager [--patched shapes]     # HF's eager attention
 
 Builds a small BertModel (hidden 64, 4 layers x 4 heads, intermediate 128, vocab 100, 32
 positions; input_ids, attention_mask with padding, token_type_ids) and a small ViTModel (16x16
-images, patch 4, same sizes), each with a linear head on the pooled output, from configs with
+images, patch 4, same sizes), a small GPT2Model (same sizes; fused c_attn through HF's Conv1D,
+i.e. Reshape -> Gemm -> Reshape and a Split of q, k, v; causal, with a padding mask; mean over
+tokens) and a ViT written like timm's (one qkv linear, reshape(B, N, 3, H, Dh).permute(2, 0, 3,
+1, 4).unbind(0), SDPA; timm itself needs torchvision, which this machine's torch has no build
+of), each with a linear head on the pooled output, from configs with
 random weights (no hub; 1-D parameters, i.e. biases and LayerNorm, get N(0, 0.1) noise added to
 HF's zeros/ones so that no two initializers are equal, as in a trained model). Exports each with
 TorchScript (dynamo=False) at opsets 14 and 17 and with dynamo (opset 18), dynamic batch (and
@@ -50,7 +56,7 @@ ATTN = "sdpa"  # HF's default attention; --attn eager: the plain matmul-softmax-
 def build(family: str):
     import torch
     from torch import nn
-    from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, ViTConfig, ViTModel
 
     torch.manual_seed(0)
     common = dict(
@@ -80,7 +86,56 @@ def build(family: str):
         def forward(self, pixel_values):
             return self.head(self.vit(pixel_values=pixel_values).pooler_output)
 
-    model = (Bert() if family == "bert" else ViT()).eval()
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            cfg = GPT2Config(vocab_size=VOCAB, n_positions=POS, n_embd=H, n_layer=LAYERS,
+                             n_head=HEADS, n_inner=FFN)  # fmt: skip
+            cfg._attn_implementation = ATTN
+            self.gpt, self.head = GPT2Model(cfg), nn.Linear(H, 5)
+
+        def forward(self, input_ids, attention_mask):
+            o = self.gpt(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return self.head(o.mean(1))
+
+    class TimmAttention(nn.Module):  # timm.layers.Attention's forward (fused_attn path)
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = nn.Linear(H, 3 * H), nn.Linear(H, H)
+
+        def forward(self, x):
+            b, n, c = x.shape
+            qkv = self.qkv(x).reshape(b, n, 3, HEADS, c // HEADS).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            x = nn.functional.scaled_dot_product_attention(q, k, v)
+            return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+    class TimmBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.attn, self.norm2 = nn.LayerNorm(H), TimmAttention(), nn.LayerNorm(H)
+            self.mlp = nn.Sequential(nn.Linear(H, FFN), nn.GELU(), nn.Linear(FFN, H))
+
+        def forward(self, x):
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+
+    class TimmViT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch = nn.Conv2d(3, H, 4, 4)
+            self.cls = nn.Parameter(torch.randn(1, 1, H))
+            self.pos = nn.Parameter(0.02 * torch.randn(1, (IMG // 4) ** 2 + 1, H))
+            self.blocks = nn.Sequential(*[TimmBlock() for _ in range(LAYERS)])
+            self.norm, self.head = nn.LayerNorm(H), nn.Linear(H, 10)
+
+        def forward(self, pixel_values):
+            x = self.patch(pixel_values).flatten(2).transpose(1, 2)
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+            return self.head(self.norm(self.blocks(x))[:, 0])
+
+    make = {"bert": Bert, "vit": ViT, "gpt2": GPT, "vitfused": TimmViT}
+    model = make[family]().eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
@@ -90,7 +145,7 @@ def build(family: str):
 
 def data(family: str, n: int, t: int = SEQ, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    if family == "vit":
+    if family.startswith("vit"):
         return {"pixel_values": rng.normal(size=(n, 3, IMG, IMG)).astype(np.float32)}
     lengths = rng.integers(max(2, t // 4), t + 1, size=n)
     lengths[0] = t  # at least one unpadded row
@@ -98,6 +153,8 @@ def data(family: str, n: int, t: int = SEQ, seed: int = 0) -> dict[str, np.ndarr
     ids = rng.integers(1, VOCAB, size=(n, t)).astype(np.int64) * mask  # padding id 0
     seg = rng.integers(1, t, size=n)[:, None]
     tt = ((np.arange(t)[None, :] >= seg) & (mask == 1)).astype(np.int64)
+    if family == "gpt2":
+        return {"input_ids": ids, "attention_mask": mask}
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
 
 
@@ -107,7 +164,8 @@ def export(family: str, how: str, model, path: Path) -> None:
     feeds = data(family, 2, seed=1)
     names = list(feeds)
     args = tuple(torch.from_numpy(feeds[k]) for k in names)
-    dyn = {0: "batch", 1: "seq"} if family == "bert" else {0: "batch"}
+    tokens = family in ("bert", "gpt2")
+    dyn = {0: "batch", 1: "seq"} if tokens else {0: "batch"}
     io = dict(input_names=names, output_names=["logits"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -117,7 +175,7 @@ def export(family: str, how: str, model, path: Path) -> None:
             torch.onnx.export(model, args, str(path), dynamo=False, **opts, **io)
             return
         dims = {0: torch.export.Dim("batch", min=1, max=1024)}
-        if family == "bert":
+        if tokens:
             dims[1] = torch.export.Dim("seq", min=2, max=POS)
         shapes = tuple(dict(dims) for _ in names)
         opts = dict(opset_version=18, optimize=True, verbose=False, dynamic_shapes=shapes)
@@ -192,7 +250,7 @@ def exactness(family: str, path: Path, seeds: int) -> dict:
 
     model = onnx.load(path)
     ug = units.analyze(model)
-    sizes = [(3, SEQ), (7, 11)] if family == "bert" else [(3, None), (7, None)]
+    sizes = [(3, SEQ), (7, 11)] if family in ("bert", "gpt2") else [(3, None), (7, None)]
     rows = []
     for seed in range(seeds):
         row: dict = {"seed": seed}
@@ -251,7 +309,8 @@ def compress(family: str, path: Path) -> dict:
     }
 
 
-EXPORTS = [f"{f}_{h}" for f in ("bert", "vit") for h in ("ts14", "ts17", "dynamo")]
+EXPORTS = [f"{f}_{h}" for f in ("bert", "vit", "gpt2", "vitfused")
+           for h in ("ts14", "ts17", "dynamo")]  # fmt: skip
 
 
 def check(name: str, seeds: int, do_compress: bool, patched: list[str]) -> dict:

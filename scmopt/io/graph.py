@@ -2,8 +2,10 @@
 
 Canonical form: every weight is an initializer (Constant / ConstantOfShape / Cast / Reshape
 chains folded), initializers are not listed as graph inputs (IR < 4 style), every node has a
-unique name, shapes are inferred, the dynamo exporter's batch-merging K^T is one Transpose
-(io.key_transpose). The canonical model computes exactly what the original does.
+unique name, shapes are inferred, and export idioms the analysis cannot follow are rewritten
+into equivalent forms (io.rewrites: Gemm over flattened tokens, fused QKV projections, the
+dynamo exporter's batch-merging K^T). The canonical model computes exactly what the original
+does.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from onnx import shape_inference
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from scmopt.errors import ScmoptError
-from scmopt.io.key_transpose import fold_key_transpose, has_key_transpose
+from scmopt.io.rewrites import RULES
 
 # Constant folding runs onnxruntime; neither its optimizer warnings nor graphsurgeon's chatter
 # are for our users.
@@ -111,11 +113,12 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
             node.name = f"{node.op}_{i}"
         seen.add(node.name)
     out = refine_shapes(infer_shapes(_export(graph, model)))
-    if not has_key_transpose(out):  # no second import of the graph when it cannot match
-        return out
-    rewritten = gs.import_onnx(out)
-    if fold_key_transpose(rewritten):
-        out = refine_shapes(infer_shapes(_export(rewritten.cleanup().toposort(), model)))
+    for rule in RULES:  # each sees the shapes of what the rules before it wrote
+        if not rule.applies(out):  # no import of the graph when the rule cannot match
+            continue
+        rewritten = gs.import_onnx(out)
+        if rule.rewrite(rewritten):
+            out = refine_shapes(infer_shapes(_export(rewritten.cleanup().toposort(), model)))
     return out
 
 

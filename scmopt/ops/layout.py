@@ -77,18 +77,26 @@ def target_parts(target: gs.Tensor, x: gs.Tensor) -> list[tuple[Entry, gs.Node |
         if pv is not None:
             parts.extend((int(d), node, k) for d in pv.ravel())
             continue
-        dim = _shape_dim(part, x)
-        if dim is None:
+        src = _shape_source(part)
+        dim = None if src is None else _copied_dim(*src, x)
+        if dim is not None:
+            parts.append((("dim", dim), node, k))
+        elif src is not None and _static_axis(*src):
+            # the size of another tensor's static axis (timm's `reshape(B, N, C)` with C read
+            # from the block input): a constant that compile may rewrite
+            parts.append((int(src[0].shape[src[1]]), node, k))
+        else:
             return None
-        parts.append((("dim", dim), node, k))
     return parts
 
 
-def _shape_dim(t: gs.Tensor, x: gs.Tensor) -> int | None:
-    """i when `t` is one dim of a shape: [Unsqueeze] Gather(Shape(s), i) (TorchScript) or
-    Shape(s, start=i, end=i+1) (dynamo), with s's dim i matching x's: equal when static; the
-    batch (axis 0) always; symbolic dims are trusted by position (shape inference names the
-    same run-time size differently in different tensors)."""
+def _static_axis(s: gs.Tensor, i: int) -> bool:
+    return s.shape is not None and 0 < i < len(s.shape) and isinstance(s.shape[i], int)
+
+
+def _shape_source(t: gs.Tensor) -> tuple[gs.Tensor, int] | None:
+    """(s, i) when `t` is one dim of a shape: [Unsqueeze] Gather(Shape(s), i) (TorchScript)
+    or Shape(s, start=i, end=i+1) (dynamo)."""
     node = t.inputs[0] if t.inputs else None
     if node is not None and node.op == "Unsqueeze":
         node = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
@@ -99,14 +107,20 @@ def _shape_dim(t: gs.Tensor, x: gs.Tensor) -> int | None:
         end = node.attrs.get("end")
         if end is None or int(end) - i != 1 or i < 0:
             return None
-    elif node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0:
+        return s, i
+    if node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0:
         idx = const_value(node.inputs[1])
         src = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
         if idx is None or idx.size != 1 or src is None or src.op != "Shape" or src.attrs:
             return None
-        s, i = src.inputs[0], int(idx.ravel()[0])
-    else:
-        return None
+        return src.inputs[0], int(idx.ravel()[0])
+    return None
+
+
+def _copied_dim(s: gs.Tensor, i: int, x: gs.Tensor) -> int | None:
+    """i when dim i of `s` is dim i of `x`: equal when static; the batch (axis 0) always;
+    symbolic dims are trusted by position (shape inference names the same run-time size
+    differently in different tensors)."""
     if s is x or i == 0:
         return i
     if s.shape is None or x.shape is None or len(s.shape) <= i or len(x.shape) <= i:
@@ -176,8 +190,9 @@ class Reshape(Handler):
         # (the Concat may serve reshapes of other layers)
         offset = sum(len(np.ravel(const_value(t))) if const_value(t) is not None else 1
                      for t in concat.inputs[:k])  # fmt: skip
-        values = const_value(concat.inputs[k]).copy().ravel()
-        values[axis - offset] = kept
+        part = const_value(concat.inputs[k])  # None: a static dim read from a Shape
+        values = np.array([kept]) if part is None else part.copy().ravel()
+        values[0 if part is None else axis - offset] = kept
         ins = list(concat.inputs)
         ins[k] = gs.Constant(f"{concat.name}__{node.name}_part", values.astype(np.int64))
         shape = gs.Variable(f"{node.name}__target", dtype=np.int64)

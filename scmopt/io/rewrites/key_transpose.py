@@ -12,15 +12,8 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-
-def _dims(t: gs.Tensor) -> list | None:
-    shape = getattr(t, "shape", None)
-    return list(shape) if shape is not None else None
-
-
-def _same(a: list, b: list) -> bool:
-    """Dims equal as known values or as the same symbol (unknown dims are never equal)."""
-    return len(a) == len(b) and all(x is not None and x == y for x, y in zip(a, b, strict=True))
+from scmopt.io.rewrites.match import dims as _dims
+from scmopt.io.rewrites.match import same as _same
 
 
 def _match(r2: gs.Node) -> tuple[gs.Tensor, gs.Node, gs.Node] | None:
@@ -45,7 +38,7 @@ def _match(r2: gs.Node) -> tuple[gs.Tensor, gs.Node, gs.Node] | None:
     return x, r1, tr
 
 
-def has_key_transpose(model: onnx.ModelProto) -> bool:
+def applies(model: onnx.ModelProto) -> bool:
     """Whether the model has a Transpose([0, 2, 1]), the middle of the chain (a cheap test
     before importing the graph)."""
     return any(n.op_type == "Transpose" and any(a.name == "perm" and list(a.ints) == [0, 2, 1]
@@ -53,7 +46,7 @@ def has_key_transpose(model: onnx.ModelProto) -> bool:
                for n in model.graph.node)  # fmt: skip
 
 
-def fold_key_transpose(graph: gs.Graph) -> int:
+def rewrite(graph: gs.Graph) -> int:
     """Replaces each matched chain by ``Transpose([0, 1, 3, 2])`` of the chain's input, in
     place; returns how many were rewritten (the dead Reshape and Transpose are left for the
     caller's cleanup).
