@@ -45,6 +45,29 @@ def test_token_top1_scores_the_fraction_of_positions():
     assert score("token-top1", flat(ref), flat(cand), (4, 3)) == [0.75, 0.0]
 
 
+def test_token_top1_counts_only_the_real_tokens_of_a_padding_mask():
+    """Padding positions of a [B, T] mask do not count: a flip there changes nothing, a flip at
+    a real token counts over the real tokens only; a mask of another T (a [CLS] added to the
+    output) leaves every position counted."""
+    ref = np.zeros((3, 4, 3))
+    ref[:, :, 0] = 1.0
+    cand = ref.copy()
+    cand[0, 3, 2] = 5.0  # sample 0 flips at its padding position
+    cand[1, 0, 2] = 5.0  # sample 1 flips at a real token (2 real tokens)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]], float)
+    m = A.parse("token-top1").bind((4, 3))
+    flat = lambda a: a.reshape(3, -1)  # noqa: E731
+    assert m(flat(ref), flat(cand), mask).tolist() == [1.0, 0.5, 1.0]
+    assert m(flat(ref), flat(cand)).tolist() == [0.75, 0.75, 1.0]
+    assert m(flat(ref), flat(cand), np.ones((3, 5))).tolist() == [0.75, 0.75, 1.0]
+    t = Tally(3, [], metric=m, positions=mask)
+    t.plain(slice(0, 3), flat(ref), flat(cand))
+    assert t.metrics(interventions=False).fidelity == pytest.approx(2.5 / 3)
+    top = Tally(3, [], metric=A.parse("top1"), positions=mask)  # other metrics ignore it
+    top.plain(slice(0, 3), flat(ref), flat(cand))
+    assert top.metrics(interventions=False).fidelity == pytest.approx(1 / 3)
+
+
 def test_cosine_and_rel_mse():
     ref = [[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [2.0, 0.0]]
     cand = [[1.0, 0.0], [-1.0, -1.0], [0.0, 0.0], [1.0, 0.0]]
@@ -183,3 +206,62 @@ def test_cli_default_metric_line_and_bad_metric_exit_2(tmp_path):
     res = run("example:cnn_digits", str(tmp_path / "o.onnx"), "--data", "example:cnn_digits",
               "--metric", "token-top1")  # fmt: skip
     assert res.exit_code == 2 and "token-top1 needs a [B, T, K] output" in res.output
+
+
+def _masked_token_classifier(flip_padding: bool):
+    """x[B, 4, 3] -> MatMul(W) -> logits [B, 4, 3], with an `attention_mask` [B, 4] input; the
+    `flip_padding` variant adds 10 to class 2 at the padding positions only."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj")]
+    inits = [w]
+    if flip_padding:
+        inits += [numpy_helper.from_array(np.array([0, 0, 10], np.float32), "bump"),
+                  numpy_helper.from_array(np.array([2], np.int64), "ax"),
+                  numpy_helper.from_array(np.array(1.0, np.float32), "one")]  # fmt: skip
+        nodes += [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+                  helper.make_node("Sub", ["one", "m"], ["pad"]),
+                  helper.make_node("Unsqueeze", ["pad", "ax"], ["pad3"]),
+                  helper.make_node("Mul", ["pad3", "bump"], ["shift"]),
+                  helper.make_node("Add", ["h", "shift"], ["y"])]  # fmt: skip
+    else:
+        nodes += [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+                  helper.make_node("Identity", ["h"], ["y"])]  # fmt: skip
+    g = helper.make_graph(
+        nodes, "tok", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4, 3]),
+                       helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                                     ["B", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4, 3])], inits,
+    )  # fmt: skip
+    return onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_validation_of_a_token_classifier_ignores_flips_at_padding():
+    """The compiled-artifact check (evaluate_artifact -> interchange.compare) reads the padding
+    mask from the data: a candidate that differs only at padding tokens agrees fully."""
+    from scmopt.evaluation.validate import evaluate_artifact
+    from scmopt.units.analysis import analyze
+
+    rng = np.random.default_rng(0)
+    n = 40
+    mask = (np.arange(4)[None] < rng.integers(1, 5, n)[:, None]).astype(np.int64)
+    mask[0] = 1
+    feeds = {"x": rng.standard_normal((n, 4, 3)).astype(np.float32), "attention_mask": mask}
+    ug = analyze(_masked_token_classifier(False))
+    metric = A.parse("token-top1").bind((4, 3))
+    m = evaluate_artifact(ug, _masked_token_classifier(True), None, feeds, metric=metric,
+                          interventions=False)  # fmt: skip
+    assert m.fidelity == 1.0
+    # without the mask the padding positions whose class was not already 2 disagree
+    ref, cand = (_run(mm, feeds) for mm in (ug.model, _masked_token_classifier(True)))
+    flips = ((mask == 0) & (ref.argmax(-1) != 2)).mean(1)
+    unmasked = metric(ref.reshape(n, -1), cand.reshape(n, -1)).mean()
+    assert flips.mean() > 0.2 and unmasked == pytest.approx(1 - flips.mean())
+
+
+def _run(model, feeds):
+    from scmopt.runtime.sessions import session
+
+    return session(model).run(None, feeds)[0]

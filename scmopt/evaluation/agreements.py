@@ -7,7 +7,8 @@ together. Specs (`--metric`, API `metric=`):
 - `top1`: argmax over the whole output equal (class logits [B, K]);
 - `topk[:K]`: the candidate's top-1 is among the reference's top K (default 5);
 - `token-top1`: per position argmax over the last axis, [B, T, K] (token classifiers, CTC
-  recognisers); a sample scores the fraction of its positions that agree;
+  recognisers); a sample scores the fraction of its positions that agree, counting only the
+  real tokens when the data has a [B, T] padding mask over the same T (io.data.padding_mask);
 - `cosine`: cosine similarity of the flattened outputs, clipped at 0 (embeddings); reports
   also give the 5th percentile of the per-sample scores;
 - `rel-mse`: 1 - ||f - f~||^2 / ||f||^2, clipped at 0 (regression, dense maps);
@@ -53,15 +54,21 @@ class Metric:
         _check_shape(self.name, tuple(shape))
         return Metric(self.name, self.score, self.arg, self.binary, tuple(int(d) for d in shape))
 
-    def __call__(self, reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-        """[n] scores of `candidate` against `reference` (arrays [n, ...])."""
+    def __call__(self, reference: np.ndarray, candidate: np.ndarray,
+                 positions: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """[n] scores of `candidate` against `reference` (arrays [n, ...]). `positions`: [n, T]
+        weights of the token positions (a padding mask), used by token-top1 when T matches."""
         ref, cand = np.asarray(reference), np.asarray(candidate)
         if self.shape is not None:
             ref = ref.reshape((len(ref), *self.shape))
             cand = cand.reshape((len(cand), *self.shape))
         if not len(ref):
             return np.zeros(0)
-        return np.clip(self.score(ref, cand, self.arg), 0.0, 1.0).astype(np.float64)
+        if self.name == "token-top1" and positions is not None:
+            scores = _token_top1(ref, cand, self.arg, np.asarray(positions, np.float64))
+        else:
+            scores = self.score(ref, cand, self.arg)
+        return np.clip(scores, 0.0, 1.0).astype(np.float64)
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -83,10 +90,16 @@ def _within(ref: np.ndarray, cand: np.ndarray, bins: float) -> np.ndarray:
     return (gap <= bins).astype(np.float64)
 
 
-def _token_top1(ref: np.ndarray, cand: np.ndarray, _: float) -> np.ndarray:
+def _token_top1(ref: np.ndarray, cand: np.ndarray, _: float,
+                positions: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     r = ref.reshape(len(ref), -1, ref.shape[-1])
     c = cand.reshape(len(cand), -1, cand.shape[-1])
-    return (r.argmax(-1) == c.argmax(-1)).mean(1)
+    same = (r.argmax(-1) == c.argmax(-1)).astype(np.float64)
+    if positions is None or positions.shape != same.shape:  # another T (a [CLS] added): all
+        return same.mean(1)
+    real = positions.sum(1)
+    # a sample without real tokens has nothing to disagree on
+    return np.where(real > 0, (same * positions).sum(1) / np.maximum(real, 1e-30), 1.0)
 
 
 def _cosine(ref: np.ndarray, cand: np.ndarray, _: float) -> np.ndarray:

@@ -28,6 +28,7 @@ import onnx
 from scmopt.evaluation.cells import extend
 from scmopt.evaluation.metrics import Agreement, Metrics, Tally, flat, top1
 from scmopt.evaluation.sampler import InterventionSampler
+from scmopt.io.data import token_positions
 from scmopt.plan import Plan
 from scmopt.runtime import sessions as runtime
 from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook
@@ -316,7 +317,7 @@ def compare(
     full sweep: the reference swaps each kept unit's cell, the candidate the same mask."""
     sampler, batches = reference.sampler, reference.batches
     cuts = list(kept) if interventions else []
-    tally = Tally(sampler.n, cuts, labels, metric)
+    tally = Tally(sampler.n, cuts, labels, metric, positions=token_positions(reference.data))
     which = sampler.sites(len(cuts)) if one_cut else None
     total, done = len(batches) * (1 + (min(1, len(cuts)) if one_cut else len(cuts))), 0
     for i, b in enumerate(batches):

@@ -156,17 +156,26 @@ class Tally:
         cuts: list[str],
         labels: np.ndarray | None = None,
         metric: Agreement = top1,
+        positions: np.ndarray | None = None,
     ) -> None:
         self.n = n
         self.cuts = list(cuts)
         self.labels = None if labels is None else np.asarray(labels).reshape(-1)
         self.metric = metric
+        # [n, T] weights of the token positions (the padding mask): token-top1 counts these
+        self.positions = positions
         self._ref: np.ndarray | None = None  # [n, K] reference outputs on plain inputs
         self._plain = {"sq": np.zeros(n), "agree": np.zeros(n), "hit": np.zeros(n),
                        "hit_ref": np.zeros(n)}  # fmt: skip
         self._swap = {t: {"sq": np.zeros(n), "agree": np.zeros(n), "seen": np.zeros(n, bool)}
                       for t in self.cuts}  # fmt: skip
         self._cells = {t: {"agree": np.zeros(n), "seen": np.zeros(n, bool)} for t in self.cuts}
+
+    def _agree(self, rows: Rows, reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+        """Per-sample agreement; interchanges keep the base sample's tokens, so its mask."""
+        if self.positions is None or getattr(self.metric, "name", None) != "token-top1":
+            return self.metric(reference, candidate)
+        return self.metric(reference, candidate, self.positions[rows])
 
     def plain(self, rows: Rows, reference: np.ndarray, candidate: np.ndarray) -> None:
         """Plain-input outputs of both networks for the samples `rows` of the split."""
@@ -175,7 +184,7 @@ class Tally:
             self._ref = np.zeros((self.n, ref.shape[1]))
         self._ref[rows] = ref
         self._plain["sq"][rows] = sq_error(ref, candidate)
-        self._plain["agree"][rows] = self.metric(ref, candidate)
+        self._plain["agree"][rows] = self._agree(rows, ref, candidate)
         if self.labels is not None:
             y = self.labels[rows]
             self._plain["hit"][rows] = flat(candidate).argmax(1) == y
@@ -184,14 +193,14 @@ class Tally:
     def swap(self, cut: str, rows: Rows, reference: np.ndarray, candidate: np.ndarray) -> None:
         """Outputs of both networks under the interchange at `cut` for the samples `rows`."""
         self._swap[cut]["sq"][rows] = sq_error(reference, candidate)
-        self._swap[cut]["agree"][rows] = self.metric(reference, candidate)
+        self._swap[cut]["agree"][rows] = self._agree(rows, reference, candidate)
         self._swap[cut]["seen"][rows] = True
 
     def swap_cells(self, cut: str, rows: Rows, reference: np.ndarray,
                    candidate: np.ndarray) -> None:  # fmt: skip
         """Outputs under the cell-aligned interchange at `cut` (evaluation.cells): the
         reference swapped each kept unit's whole cell, the candidate the kept unit."""
-        self._cells[cut]["agree"][rows] = self.metric(reference, candidate)
+        self._cells[cut]["agree"][rows] = self._agree(rows, reference, candidate)
         self._cells[cut]["seen"][rows] = True
 
     def metrics(self, interventions: bool = True) -> Metrics:

@@ -202,3 +202,9 @@ def padding_mask(feeds: dict[str, np.ndarray]) -> str | None:
         if a.dtype.kind in "biuf" and np.isin(a, (0, 1)).all() and not a.all():
             return name
     return None
+
+
+def token_positions(feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+    """[B, T] float weights of the real token positions (the padding mask), or None."""
+    name = padding_mask(feeds)
+    return None if name is None else np.asarray(feeds[name], dtype=np.float64)
