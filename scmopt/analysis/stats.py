@@ -44,6 +44,16 @@ class Values(str, Enum):
     ORIGINAL = "o"
 
 
+def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sum_i a_i b_i^T over samples i of [n, C, P] float32 arrays, summed in float64, one
+    sample's [C, C] product at a time: the batched matmul held all n of them ([n, C, C] float32,
+    1.4 GB at C = 2 x 1,152 and n = 64 on EfficientNet-Lite1). Same sums, bit for bit."""
+    out = np.zeros((a.shape[1], b.shape[1]))
+    for ai, bi in zip(a, b, strict=True):
+        out += ai @ bi.T
+    return out
+
+
 @dataclass
 class Moments:
     """Streaming sums for one cut: per-position means and position-pooled second moments.
@@ -89,7 +99,7 @@ class Moments:
             self.s1[:, 0] += y.mean(axis=2, dtype=np.float64).sum(axis=0)
         else:
             self.s1 += y.sum(axis=0, dtype=np.float64)
-        self.s2 += np.matmul(y, y.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64) / p
+        self.s2 += _gram(y, y) / p
         self.n += n
         self.npos += n * p
 
@@ -110,7 +120,7 @@ class Moments:
         else:
             self.s1 += yw.sum(axis=0, dtype=np.float64)
             self.wpos += w.sum(axis=0)
-        self.s2 += np.matmul(yw, y.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
+        self.s2 += _gram(yw, y)
         self.n += n
         self.npos += float(w.sum())
 
