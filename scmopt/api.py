@@ -21,8 +21,9 @@ from scmopt.compiler.cost_guard import never_larger
 from scmopt.errors import CompileMismatch, ScmoptError
 from scmopt.evaluation import agreements, cells, validate
 from scmopt.evaluation.confidence import betting_lower, needed_rate
+from scmopt.evaluation.metrics import other_outputs
 from scmopt.io import graph
-from scmopt.io.data import load_data, random_data
+from scmopt.io.data import load_data, random_data, token_positions
 from scmopt.ops import cost
 from scmopt.plan import Plan
 from scmopt.report import html as report
@@ -315,6 +316,8 @@ def compress(
         target = min(1.0, target + (1.0 - target) / 2)  # halve the allowed disagreement
     if missed is not None:
         notes.append(f"warning: {missed}")
+    notes.extend(_other_output_notes(m.other_outputs, ug.model.graph.output[0].name,
+                                     min_fidelity))  # fmt: skip
     t4 = time.perf_counter()
     rep = Report(
         scmopt_version=__version__,
@@ -394,10 +397,12 @@ def _build(ug, found, align, notes, cost_before, val_feeds, labels, val, batch_s
             notes.append(f"FLOPs {when} are a lower bound{c.unknown_text()}, counted as 0")
     t3 = time.perf_counter()
     with work.stage("compile"):  # the compiled model against the plan's simulation
-        f_sim = validate.logits(simulate(ug, plan), val_feeds, batch_size)
-        f_comp = validate.logits(compiled.model, val_feeds, batch_size)
-    err = float(np.abs(f_comp - f_sim).max())
-    scale = float(np.abs(f_sim).max()) or 1.0
+        f_sim = validate.outputs(simulate(ug, plan), val_feeds, batch_size)
+        f_comp = validate.outputs(compiled.model, val_feeds, batch_size)
+    # every output of the compiled model equals the plan's simulation
+    pairs = list(zip(f_comp, f_sim, strict=True))
+    err = max(float(np.abs(c - s).max()) if c.size else 0.0 for c, s in pairs)
+    scale = max(float(np.abs(s).max()) if s.size else 0.0 for s in f_sim) or 1.0
     if err > tolerance * max(scale, 1.0):
         raise CompileMismatch(
             f"compiled model differs from the plan's simulation by {err:.3g} "
@@ -409,7 +414,28 @@ def _build(ug, found, align, notes, cost_before, val_feeds, labels, val, batch_s
         m = validate.evaluate_artifact(ug, compiled.model, compiled.kept_positions, val_feeds,
                                        y_val, p=swap_p, seed=seed, batch_size=batch_size,
                                        metric=metric, plan=plan)  # fmt: skip
+        m.other_outputs = []
+        if len(f_comp) > 1:  # the outputs the search did not read, judged all the same
+            names = [o.name for o in ug.model.graph.output][1:]
+            f_orig = validate.outputs(ug.model, val_feeds, batch_size)
+            m.other_outputs = other_outputs(names, f_orig[1:], f_comp[1:],
+                                            token_positions(val_feeds))  # fmt: skip
     return plan, compiled, cost_after, t2, t3, err, m, y_val
+
+
+def _other_output_notes(others: list[dict], analysed: str,
+                        min_fidelity: float | None) -> list[str]:  # fmt: skip
+    """A line per output the search did not read, with its agreement on the validation split;
+    a warning where it is below the fidelity rule (which binds the analysed output only)."""
+    lines = []
+    for o in others:
+        line = (f"output {o['output']!r} (not analysed; the search reads {analysed!r}, "
+                f"--output to change): {o['metric']} agreement {o['agreement']:.4f} on the "
+                f"validation split")  # fmt: skip
+        if min_fidelity is not None and o["agreement"] < min_fidelity:
+            line = f"warning: {line}, below --min-fidelity {min_fidelity}"
+        lines.append(line)
+    return lines
 
 
 def _missed(m, min_fidelity: float | None, certify: float | None, delta: float,

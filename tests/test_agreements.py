@@ -262,6 +262,75 @@ def test_validation_of_a_token_classifier_ignores_flips_at_padding():
 
 
 def _run(model, feeds):
+    return _run_all(model, feeds)[0]
+
+
+def _run_all(model, feeds):
     from scmopt.runtime.sessions import session
 
-    return session(model).run(None, feeds)[0]
+    return session(model).run(None, feeds)
+
+
+def _with_second_outputs():
+    """cnn_digits plus two outputs computed from its logits: softmax probabilities (top-1 the
+    same as the logits') and their squared norm per sample (a scalar: rel-mse)."""
+    import onnx
+    from onnx import helper
+
+    from tests.helpers import zoo
+
+    model, data = zoo("cnn_digits", n=400)
+    logits = model.graph.output[0].name
+    model.graph.node.extend([
+        helper.make_node("Softmax", [logits], ["probs"], axis=-1),
+        helper.make_node("Mul", [logits, logits], ["sq"]),
+        helper.make_node("ReduceSum", ["sq", "axis1"], ["energy"], keepdims=0),
+    ])  # fmt: skip
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    model.graph.output.extend([
+        helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, ["batch", 10]),
+        helper.make_tensor_value_info("energy", onnx.TensorProto.FLOAT, ["batch"]),
+    ])  # fmt: skip
+    return model, data
+
+
+def test_outputs_the_search_does_not_read_are_judged_and_reported():
+    model, data = _with_second_outputs()
+    res = api.compress(model, data, keep=0.3, device="cpu")
+    others = {o["output"]: o for o in res.report["validation"]["other_outputs"]}
+    assert set(others) == {"probs", "energy"}
+    assert others["probs"]["metric"] == "top1" and others["energy"]["metric"] == "rel-mse"
+    # softmax keeps the argmax: the same agreement as the analysed logits
+    assert others["probs"]["agreement"] == pytest.approx(res.report["fidelity"])
+    assert 0.0 <= others["energy"]["agreement"] <= 1.0
+    lines = [n for n in res.report["notes"] if "not analysed" in n]
+    assert len(lines) == 2 and all("--output to change" in n for n in lines)
+    # the compiled model keeps every output, each equal to the plan's simulation
+    assert [o.name for o in res.model.graph.output][1:] == ["probs", "energy"]
+    energy = _run_all(res.model, {k: v[:50] for k, v in data.items()})[2]
+    assert res.report["compile_max_abs_error"] < 1e-5 * max(1.0, float(np.abs(energy).max()))
+
+
+def test_a_second_output_below_the_fidelity_rule_gets_a_warning():
+    lines = api._other_output_notes(
+        [{"output": "boxes", "metric": "rel-mse", "agreement": 0.9}], "scores", 0.97
+    )
+    assert lines[0].startswith("warning: output 'boxes'")
+    assert "below --min-fidelity 0.97" in lines[0]
+    assert not api._other_output_notes(
+        [{"output": "boxes", "metric": "rel-mse", "agreement": 0.99}], "scores", 0.97
+    )[0].startswith("warning")
+
+
+def test_validate_lists_every_output(tmp_path):
+    import onnx
+
+    model, data = _with_second_outputs()
+    res = api.compress(model, data, keep=0.3, device="cpu")
+    a, b, d = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "d.npz"
+    onnx.save(model, a)
+    res.save(b)
+    np.savez(d, **data)
+    out = run("validate", str(a), str(b), "--data", str(d), "--runs", "2")
+    assert out.exit_code == 0, out.output
+    assert "probs (top1)" in out.output and "energy (rel-mse)" in out.output

@@ -113,6 +113,8 @@ class Metrics:
     iia_cells: float | None = None
     iia_cells_per_cut: dict[str, float] = field(default_factory=dict)
     fidelity_p5: float | None = None  # 5th percentile of the per-sample scores (graded metrics)
+    # outputs other than the analysed first one: [{output, metric, why, agreement}] (plain)
+    other_outputs: list[dict[str, Any]] = field(default_factory=list)
     # scores in [0, 1] per trial: one per sample (fidelity), one per cut and sample (iia)
     trials: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _confidence: dict = field(default_factory=dict, repr=False, compare=False)
@@ -244,3 +246,20 @@ class Tally:
                     **({"iia": np.concatenate([v["agree"][v["seen"]] for v in swaps.values()])}
                        if interventions and swaps else {})},
         )  # fmt: skip
+
+
+def other_outputs(names: list[str], reference: list[np.ndarray], candidate: list[np.ndarray],
+                  positions: np.ndarray | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Agreement on plain inputs of the outputs the search does not read (it analyses the
+    first): per output the default metric for its shape (evaluation.agreements.choose), so a
+    compressed model cannot quietly wreck a second head (boxes beside class scores)."""
+    from scmopt.evaluation.agreements import choose
+
+    out = []
+    for name, r, c in zip(names, reference, candidate, strict=True):
+        r, c = np.asarray(r), np.asarray(c)
+        metric, why = choose(r.shape[1:])
+        scores = metric(r.reshape(len(r), -1), c.reshape(len(c), -1), positions)
+        out.append({"output": name, "metric": metric.spec, "why": why,
+                    "agreement": float(np.mean(scores)) if len(scores) else 1.0})  # fmt: skip
+    return out

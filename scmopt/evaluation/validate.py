@@ -44,12 +44,18 @@ def batchable(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.Mode
     return dyn if accepts_batch(dyn, feeds, "cpu") else None
 
 
-def logits(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch_size: int = 256):
-    """First output of `model` on `feeds` (CPU; one sample per run when it cannot batch)."""
+def outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+            batch_size: int = 256) -> list[np.ndarray]:  # fmt: skip
+    """Every output of `model` on `feeds` (CPU; one sample per run when it cannot batch)."""
     sess = batched_session(dynamic_batch(model), feeds, "cpu")
     if sess is None:
-        return run_batched(session(model), feeds, 1)[0]
-    return run_batched(sess, feeds, batch_size)[0]
+        return run_batched(session(model), feeds, 1)
+    return run_batched(sess, feeds, batch_size)
+
+
+def logits(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch_size: int = 256):
+    """First output of `model` on `feeds` (the one the analysis reads)."""
+    return outputs(model, feeds, batch_size)[0]
 
 
 def max_abs_error(a: onnx.ModelProto, b: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:

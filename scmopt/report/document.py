@@ -39,6 +39,7 @@ def validation_detail(m: Metrics, *, p: float, search: dict[str, Any],
         "iia_cells_per_cut": m.iia_cells_per_cut,
         "samples": m.n,
         "certificate": m.certificate,
+        "other_outputs": m.other_outputs,
         "search": search,
     }
 
