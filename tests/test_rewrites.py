@@ -152,3 +152,23 @@ def test_token_gemm_refuses_a_reshape_back_to_other_leading_dims():
     """[B, T, D] -> [B*T, D] -> Gemm -> [T, B, O] is not the per-token linear: left alone."""
     assert token_gemm.rewrite(_token_gemm(["T", "B", 3])) == 0
     assert token_gemm.rewrite(_token_gemm([None, "T", 3])) == 1  # the first follows by counting
+
+
+@pytest.mark.parametrize(("start", "end"), [(2, 2**63 - 1), (-1, 2**63 - 1), (1, 2), (0, 2)])
+def test_fused_qkv_reads_open_and_negative_slices(start, end):
+    """qkv[2:] and qkv[-1:] (ends INT64_MAX, as exporters write open slices) take part 2;
+    qkv[0:2] takes two parts at once: not a part, left alone."""
+    t = gs.Variable("t", np.float32, ["B", 5, 24])
+    r = gs.Variable("r", np.float32, ["B", 5, 3, 2, 4])
+    p = gs.Variable("p", np.float32, [3, "B", 2, 5, 4])
+    sl = gs.Variable("sl", np.float32, None)
+    q = gs.Variable("q", np.float32, ["B", 2, 5, 4])
+    ints = lambda name, v: gs.Constant(name, np.array([v], np.int64))  # noqa: E731
+    nodes = [gs.Node("Reshape", "rs", inputs=[t, gs.Constant("c", np.array([0, 0, 3, 2, 4]))],
+                     outputs=[r]),
+             gs.Node("Transpose", "tr", {"perm": fused_qkv.PERM}, [r], [p]),
+             gs.Node("Slice", "s", inputs=[p, ints("st", start), ints("en", end), ints("ax", 0)],
+                     outputs=[sl]),
+             gs.Node("Squeeze", "sq", inputs=[sl, ints("sqa", 0)], outputs=[q])]  # fmt: skip
+    graph = _graph(nodes, [t], [q])
+    assert fused_qkv.rewrite(graph) == (0 if end - start == 2 else 1)

@@ -45,6 +45,8 @@ def _part(node: gs.Node, parts: int, opset: int) -> dict[int, gs.Tensor] | None:
             return None
         steps = v[3] if len(v) > 3 and v[3] is not None else np.ones(1, np.int64)
         s, e, ax = (int(np.ravel(x)[0]) for x in v[:3])
+        s = s + parts if s < 0 else s  # qkv[-1:], qkv[2:] (ends INT64_MAX) are parts too
+        e = min(e + parts if e < 0 else e, parts)
         if np.size(v[0]) != 1 or ax != 0 or int(np.ravel(steps)[0]) != 1 or e != s + 1:
             return None
         out = _squeezed(node, opset)
