@@ -170,3 +170,22 @@ def test_probe_budget_bounds_screen_and_band_by_fpe():
     assert probe_budget(ug, prober, small, 32, SearchConfig(probe_fpe=None)) == (None, 256)
     res = search(ug, small, SearchConfig(keep=0.5, probe_fpe=1.0, device="cpu", seed=0))
     assert len(res.plan.removed) > 0
+
+
+def test_a_target_rule_tries_no_prefix_below_the_minimum_step(mlp):
+    """min_step: halving a failing prefix stops at this fraction of the prunable units; with
+    the default (0.5%: one unit on the zoo) smaller prefixes are tried."""
+    from scmopt.analysis.config import SearchConfig
+
+    ug, data = mlp
+    floor = int(0.1 * len(ug.prunable))
+
+    def tried(min_step: float) -> list[int]:
+        cfg = SearchConfig(min_fidelity=0.995, min_step=min_step, device="cpu", seed=0,
+                           curvature_samples=16)  # fmt: skip
+        rows = search(ug, data, cfg).trajectory[1:]
+        return [r["removed"] for r in rows if r["removed"] > 0]  # refit rows remove none
+
+    default, floored = tried(0.005), tried(0.1)
+    assert min(default) < floor  # the default halves further down
+    assert floored and min(floored) >= floor

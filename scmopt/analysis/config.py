@@ -15,6 +15,7 @@ class SearchConfig:
     toward_original: keep mode fits replacements toward the original network's values;
     try_targets: keep mode also tries fits toward the current plan's values, best held-out;
     refit_on_fail: a target rule refits a failing prefix once before halving it;
+    min_step: the smallest prefix a target rule tries, as a fraction of the prunable units;
     shrink: fold/constant blends tried after the last refit; polish: max final refits."""
 
     budget: float | None = None
@@ -54,6 +55,10 @@ class SearchConfig:
     toward_original: bool = True
     try_targets: bool = True
     refit_on_fail: bool = True
+    # target rules: a halved prefix smaller than this fraction of the prunable units (at least
+    # one unit) is not tried; the search stops there instead of spending rounds of ~10 FPE on
+    # one or two units each (EasyOCR: rounds 5-9 of 10 removed 1-2 of 1,120 units)
+    min_step: float = 0.005
     shrink: tuple[float, ...] = (0.5, 0.0)
     polish: int = 3
 

@@ -227,6 +227,7 @@ def budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[dic
     cal = 1.0
     cur = 0.0  # measured risk of the current plan
     step = None
+    floor = max(1, int(s.cfg.min_step * len(s.ug.prunable)))  # the smallest prefix tried
     for r in range(1, rounds + 1):
         cands = s.candidates()
         if not cands:
@@ -276,6 +277,8 @@ def budget_mode(s: _Search, rule: str, value: float, rounds: int, traj: list[dic
                 accepted = True
                 break
             units = units[: len(units) // 2]  # the greedy order's prefix, refitted
+            if len(units) < floor:
+                units = []
             pred = trace[len(units) - 1] if units and trace else float("nan")
             plan = s.extend(sc, units, Values.PLAN) if units else plan
         if not accepted:
