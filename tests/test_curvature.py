@@ -200,3 +200,17 @@ def test_probe_calls_bounded_by_elements_give_the_same_estimates():
     a = prober.directional("h", cache, pf, lambda idx: dirs[idx], 5, eps=0.05)
     b = small.directional("h", small.cache(x, pf), pf, lambda idx: dirs[idx], 5, eps=0.05)
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_released_sessions_are_made_again_with_the_same_estimates():
+    """Prober.release drops its sessions between rounds (memory); the next probe makes them
+    again and gives the same J d."""
+    model, _ = quadratic_model()
+    ug, x, prober, pf, cache = _setup(model)
+    dirs = np.random.default_rng(6).normal(size=(3, 16, 6, 1)).astype(np.float32)
+    a = prober.directional("h", cache, pf, lambda idx: dirs[idx], 3, eps=0.05)
+    assert prober._sessions
+    prober.release()
+    assert not prober._sessions
+    b = prober.directional("h", prober.cache(x, pf), pf, lambda idx: dirs[idx], 3, eps=0.05)
+    np.testing.assert_array_equal(a, b)

@@ -62,6 +62,7 @@ from scmopt.analysis.stats import Values, collect
 from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
 from scmopt.runtime import work
+from scmopt.runtime.sessions import return_memory
 from scmopt.units.analysis import UnitGraph
 
 Progress = Callable[[str, int, int], None]
@@ -152,6 +153,7 @@ class _Search:
         t0 = time.perf_counter()
         toward = self.cfg.toward_original and self.rule == "keep" and self.step is None
         self.stats = None  # the last round's moments go before the new ones are made (memory)
+        return_memory()
         with work.stage("statistics"):
             stats = collect(self.runner, self.fit, self.plan, p=self.p,
                             seed=self.seed * 1000 + round_, progress=self.progress,
@@ -168,6 +170,7 @@ class _Search:
                                    self.candidates(), self.criterion, fold=self.fold,
                                    out_var=self.out_var, focus=focus,
                                    round_seed=round_)  # fmt: skip
+            self.prober.release()  # the next probes are a round away: their sessions go
         self._add("scoring", t0)
         self.scores.update(sc.rank)  # kept units end with their latest score
         for k, v in sc.seconds.items():

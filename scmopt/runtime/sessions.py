@@ -167,3 +167,20 @@ def run_batched(
         for acc, r in zip(parts, res, strict=True):
             acc.append(r)
     return [np.concatenate(p, axis=0) for p in parts]
+
+
+def return_memory() -> None:
+    """Hands freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere).
+    onnxruntime sessions freed without it leave RSS where it was: 43 curvature-probe
+    sessions of EfficientNet-Lite1 held 1.6 GB after their release until trimmed."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        return
+    if trim is not None:
+        trim(0)
