@@ -172,3 +172,21 @@ def test_fused_qkv_reads_open_and_negative_slices(start, end):
              gs.Node("Squeeze", "sq", inputs=[sl, ints("sqa", 0)], outputs=[q])]  # fmt: skip
     graph = _graph(nodes, [t], [q])
     assert fused_qkv.rewrite(graph) == (0 if end - start == 2 else 1)
+
+
+def test_applied_rewrites_are_recorded_and_inspect_names_them(tmp_path):
+    from click.testing import CliRunner
+
+    from scmopt.cli import main
+    from scmopt.io.graph import canonicalize, rewrites_of
+
+    model = fused_attention(qkv="split", conv1d=True, seq="T")
+    done = rewrites_of(canonicalize(model))
+    # qkv, ffn_in, ffn_out and out as token Gemms; one fused split; its Split per projection
+    assert done == {"fused_qkv": 1, "split_projection": 1, "token_gemm": 4}
+    assert rewrites_of(canonicalize(fused_attention(qkv="last_axis"))) == {"split_projection": 1}
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    res = CliRunner().invoke(main, ["inspect", str(path)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "load-time rewrites (same function; scmopt/io/rewrites): fused_qkv 1, " in res.output

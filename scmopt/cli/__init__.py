@@ -106,12 +106,16 @@ def inspect(in_path, as_json, verbose) -> None:
             ],
             "frozen_units": ug.frozen(),
             "unit_kinds": {u.id: u.kind for u in ug.units.values()},
+            "rewrites": graph.rewrites_of(ug.model),
         }
         if as_json:
             click.echo(json.dumps(info, indent=2))
             return
         click.echo(f"{in_path}: opset {graph.opset(model)}, {info['params']:,} parameters, "
                    f"{info['flops']:,} FLOPs/sample{costs.unknown_text()}")  # fmt: skip
+        if info["rewrites"]:  # what canonicalisation rewrote so that units can be found
+            done = ", ".join(f"{k} {v}" for k, v in info["rewrites"].items())
+            click.echo(f"load-time rewrites (same function; scmopt/io/rewrites): {done}")
         click.echo(f"units: {info['units']} total, {info['prunable']} prunable "
                    f"({info['prunable_fraction']:.1%}), {info['frozen']} frozen\n")  # fmt: skip
         for g in info["groups"]:

@@ -11,6 +11,7 @@ does.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -113,13 +114,32 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
             node.name = f"{node.op}_{i}"
         seen.add(node.name)
     out = refine_shapes(infer_shapes(_export(graph, model)))
+    done: dict[str, int] = {}
     for rule in RULES:  # each sees the shapes of what the rules before it wrote
         if not rule.applies(out):  # no import of the graph when the rule cannot match
             continue
         rewritten = gs.import_onnx(out)
-        if rule.rewrite(rewritten):
+        if count := rule.rewrite(rewritten):
             out = refine_shapes(infer_shapes(_export(rewritten.cleanup().toposort(), model)))
+            done[rule.__name__.rsplit(".", 1)[-1]] = count
+    if done:  # provenance: inspect shows it, compiled models carry it
+        props = {p.key: p.value for p in out.metadata_props}
+        props[REWRITES_KEY] = json.dumps(done, sort_keys=True)
+        del out.metadata_props[:]
+        for k, v in props.items():
+            out.metadata_props.add(key=k, value=v)
     return out
+
+
+REWRITES_KEY = "scmopt.rewrites"
+
+
+def rewrites_of(model: onnx.ModelProto) -> dict[str, int]:
+    """The load-time rewrites canonicalize applied (rule -> matches), from the metadata."""
+    for p in model.metadata_props:
+        if p.key == REWRITES_KEY:
+            return json.loads(p.value)
+    return {}
 
 
 def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
