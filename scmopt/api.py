@@ -21,9 +21,8 @@ from scmopt.compiler.cost_guard import never_larger
 from scmopt.errors import CompileMismatch, ScmoptError
 from scmopt.evaluation import agreements, cells, validate
 from scmopt.evaluation.confidence import betting_lower, needed_rate
-from scmopt.evaluation.metrics import other_outputs
 from scmopt.io import graph
-from scmopt.io.data import load_data, random_data, token_positions
+from scmopt.io.data import load_data, random_data
 from scmopt.ops import cost
 from scmopt.plan import Plan
 from scmopt.report import html as report
@@ -414,12 +413,9 @@ def _build(ug, found, align, notes, cost_before, val_feeds, labels, val, batch_s
         m = validate.evaluate_artifact(ug, compiled.model, compiled.kept_positions, val_feeds,
                                        y_val, p=swap_p, seed=seed, batch_size=batch_size,
                                        metric=metric, plan=plan)  # fmt: skip
-        m.other_outputs = []
-        if len(f_comp) > 1:  # the outputs the search did not read, judged all the same
-            names = [o.name for o in ug.model.graph.output][1:]
-            f_orig = validate.outputs(ug.model, val_feeds, batch_size)
-            m.other_outputs = other_outputs(names, f_orig[1:], f_comp[1:],
-                                            token_positions(val_feeds))  # fmt: skip
+        # the outputs the search did not read, judged all the same
+        m.other_outputs = validate.other_outputs(ug.model, compiled.model, val_feeds,
+                                                 batch_size, candidate_outputs=f_comp)  # fmt: skip
     return plan, compiled, cost_after, t2, t3, err, m, y_val
 
 
@@ -456,27 +452,18 @@ def _with_metadata(model: onnx.ModelProto, plan: Plan, rep: Report) -> onnx.Mode
     summary = {k: rep[k] for k in ("units", "params", "flops", "compile_max_abs_error",
                                    "fidelity")}  # fmt: skip
     summary.update({k: rep["validation"][k] for k in ("risk", "iia", "metric")})
-    props = {p.key: p.value for p in model.metadata_props}
-    props["scmopt.version"] = __version__
-    props["scmopt.plan"] = plan.to_json()
-    props["scmopt.summary"] = json.dumps(summary, default=float)
-    del model.metadata_props[:]
-    for k, v in props.items():
-        model.metadata_props.add(key=k, value=v)
+    graph.set_metadata(model, {"scmopt.version": __version__, "scmopt.plan": plan.to_json(),
+                               "scmopt.summary": json.dumps(summary, default=float)})  # fmt: skip
     return model
 
 
 def metric_from_model(model: onnx.ModelProto) -> str | None:
     """The metric spec a compressed model was made with (its metadata), if any."""
-    for p in model.metadata_props:
-        if p.key == "scmopt.summary":
-            return json.loads(p.value).get("metric")
-    return None
+    summary = graph.metadata(model, "scmopt.summary")
+    return None if summary is None else json.loads(summary).get("metric")
 
 
 def plan_from_model(model: onnx.ModelProto) -> Plan | None:
     """The plan a compressed model carries in its metadata, if any."""
-    for p in model.metadata_props:
-        if p.key == "scmopt.plan":
-            return Plan.from_json(p.value)
-    return None
+    plan = graph.metadata(model, "scmopt.plan")
+    return None if plan is None else Plan.from_json(plan)

@@ -21,6 +21,7 @@ from scmopt.units.analysis import analyze
 class _Cut:
     def __init__(self, c):
         self.units = [f"u{i}" for i in range(c)]
+        self.unit_channels = {u: [i] for i, u in enumerate(self.units)}
         self.positions = 3
 
 

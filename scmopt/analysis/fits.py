@@ -51,19 +51,12 @@ def fit_cut(
     pool: int = 16,
     ridge: float = 1e-3,
     target: Values = Values.ORIGINAL,
-    channels: dict[str, list[int]] | None = None,
 ) -> dict[str, Fit]:
     """Constant and (optionally) fold of every target unit at cut `cs.cut`; predictors are the
     kept units of the cut other than the target. target ORIGINAL: fit toward the original
-    network's values (when the statistics hold them, see stats.collect), PLAN: the plan's.
-    `channels`: each unit's channel positions at the cut, in channel order (made here when
-    not given)."""
+    network's values (when the statistics hold them, see stats.collect), PLAN: the plan's."""
     cut = ug.cuts[cs.cut]
-    first = channels
-    if first is None:
-        first = {}
-        for i, u in enumerate(cut.units):
-            first.setdefault(u, []).append(i)
+    first = cut.unit_channels
     mu = cs.mean  # predictors: the plan's values
     var = cs.variance
     tmu = (

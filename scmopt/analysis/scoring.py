@@ -127,14 +127,6 @@ class Scorer:
         self.screen_samples = screen_samples  # probe samples the layer screen uses (None: all)
         self.sites = prober.sites
         self.norms = {t: curv.consumer_norms(ug, t) for t in self.sites}
-        # per cut: each unit's channel positions, in channel order (fits are asked for a few
-        # units at a time, thousands of times per round: not rebuilt per call)
-        self.channels_of: dict[str, dict[str, list[int]]] = {}
-        for t in self.sites:
-            first: dict[str, list[int]] = {}
-            for i, u in enumerate(ug.cuts[t].units):
-                first.setdefault(u, []).append(i)
-            self.channels_of[t] = first
 
     def fits(self, stats: Stats, kept: Container[str], candidates: list[str], fold: bool,
              target: Values = Values.ORIGINAL):  # fmt: skip
@@ -145,11 +137,11 @@ class Scorer:
         for t in self.sites:
             if t not in needed:
                 continue
-            targets = [u for u in self.channels_of[t] if u in cand]
+            targets = [u for u in self.ug.cuts[t].unit_channels if u in cand]
             if targets:
                 fits = fit_cut(self.ug, stats.cuts[t], targets, kept, fold=fold,
                                max_coef=self.max_coef, pool=max(16, 2 * self.max_coef),
-                               target=target, channels=self.channels_of[t])  # fmt: skip
+                               target=target)  # fmt: skip
                 for u, f in fits.items():
                     out[u][t] = f
         return out

@@ -58,7 +58,7 @@ from scmopt.analysis.rules import (
 )
 from scmopt.analysis.scoring import Fit, Scorer, Scores, apply, risks
 from scmopt.analysis.selection import select
-from scmopt.analysis.stats import Values, collect
+from scmopt.analysis.stats import Stats, Values, collect
 from scmopt.errors import ScmoptError
 from scmopt.plan import Plan
 from scmopt.runtime import work
@@ -138,30 +138,25 @@ class _Search:
     def candidates(self) -> list[str]:
         return sorted(u for u in self.ug.prunable if u not in self.plan.actions)
 
-    def analyse_stats(self, round_: int) -> None:
-        """Statistics under the current plan (with the original's values for refits)."""
+    def analyse_stats(self, round_: int, original: bool = True) -> Stats:
+        """Statistics under the current plan (with the original's values: refits), made the
+        current ones."""
         t0 = time.perf_counter()
-        self.stats = None  # the last round's moments go before the new ones are made (memory)
-        with work.stage("statistics"):
-            self.stats = collect(self.runner, self.fit, self.plan, p=self.p,
-                                 seed=self.seed * 1000 + round_, progress=self.progress,
-                                 original=True, mask=self.mask)  # fmt: skip
-        self._add("stats", t0)
-
-    def analyse(self, round_: int, focus) -> Scores:
-        """Statistics and scores of the candidates under the current plan."""
-        t0 = time.perf_counter()
-        toward = self.cfg.toward_original and self.rule == "keep" and self.step is None
         self.stats = None  # the last round's moments go before the new ones are made (memory)
         return_memory()
         with work.stage("statistics"):
-            stats = collect(self.runner, self.fit, self.plan, p=self.p,
-                            seed=self.seed * 1000 + round_, progress=self.progress,
-                            original=toward, mask=self.mask)  # fmt: skip
+            self.stats = collect(self.runner, self.fit, self.plan, p=self.p,
+                                 seed=self.seed * 1000 + round_, progress=self.progress,
+                                 original=original, mask=self.mask)  # fmt: skip
         self._add("stats", t0)
+        return self.stats
+
+    def analyse(self, round_: int, focus) -> Scores:
+        """Statistics and scores of the candidates under the current plan."""
+        toward = self.cfg.toward_original and self.rule == "keep" and self.step is None
+        stats = self.analyse_stats(round_, original=toward)
         if self.out_var is None:
             self.out_var = stats.out_variance  # the original's output variance
-        self.stats = stats
         t0 = time.perf_counter()
         if self.progress:  # progress lines name the stage that runs (not the last "stats")
             self.progress("curvature probes", 0, 1)
@@ -313,9 +308,9 @@ class _Search:
                 continue
             for t, rep in act.at.items():
                 cut = self.ug.cuts[t]
-                ch = [i for i, v in enumerate(cut.units) if v == uid]
+                ch = cut.unit_channels[uid]
                 for k, a in rep.coef.items():
-                    vec = out.setdefault(t, {}).setdefault(k, np.zeros(len(cut.units)))
+                    vec = out.setdefault(t, {}).setdefault(k, np.zeros(cut.channels))
                     vec[ch] += a
         return out
 

@@ -153,19 +153,6 @@ def _short(items: list[str], n: int = 4) -> str:
     return ", ".join(items[:n]) + more
 
 
-def _other_outputs(a, b, feeds) -> list[dict]:
-    """Agreement of the outputs after the first (by name, as both models have them)."""
-    from scmopt.evaluation import validate
-    from scmopt.evaluation.metrics import other_outputs
-    from scmopt.io.data import token_positions
-
-    names = [o.name for o in a.graph.output][1:]
-    if not names or [o.name for o in b.graph.output] != [o.name for o in a.graph.output]:
-        return []
-    fa, fb = validate.outputs(a, feeds), validate.outputs(b, feeds)
-    return other_outputs(names, fa[1:], fb[1:], token_positions(feeds))
-
-
 @main.command(name="validate")
 @click.argument("original", type=click.Path(dir_okay=False))
 @click.argument("compressed", type=click.Path(dir_okay=False))
@@ -213,7 +200,7 @@ def validate_cmd(original, compressed, data, runs, metric, verbose) -> None:
                  f"{validate.latency_ms(b, feeds, 1, runs):.3f}"),
                 (f"fidelity ({m.metric})", "", f"{m.fidelity:.4f}"),
                 ("risk (plain inputs)", "", f"{m.risk_plain:.4g}")]  # fmt: skip
-        for o in _other_outputs(a, b, feeds):
+        for o in validate.other_outputs(a, b, feeds):
             rows.append((f"{o['output']} ({o['metric']})"[:21], "", f"{o['agreement']:.4f}"))
         if m.accuracy is not None:
             rows.append(("accuracy", f"{m.accuracy_original:.4f}", f"{m.accuracy:.4f}"))

@@ -64,8 +64,8 @@ class Metric:
             cand = cand.reshape((len(cand), *self.shape))
         if not len(ref):
             return np.zeros(0)
-        if self.name == "token-top1" and positions is not None:
-            scores = _token_top1(ref, cand, self.arg, np.asarray(positions, np.float64))
+        if positions is not None and self.name == "token-top1":  # the one positional metric
+            scores = self.score(ref, cand, self.arg, np.asarray(positions, np.float64))
         else:
             scores = self.score(ref, cand, self.arg)
         return np.clip(scores, 0.0, 1.0).astype(np.float64)

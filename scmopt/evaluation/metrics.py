@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from scmopt.evaluation import certificate, confidence
-from scmopt.evaluation.agreements import TOP1
+from scmopt.evaluation.agreements import TOP1, Metric, choose
 
 Agreement = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Rows = slice | np.ndarray
@@ -175,8 +175,8 @@ class Tally:
 
     def _agree(self, rows: Rows, reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
         """Per-sample agreement; interchanges keep the base sample's tokens, so its mask."""
-        if self.positions is None or getattr(self.metric, "name", None) != "token-top1":
-            return self.metric(reference, candidate)
+        if self.positions is None or not isinstance(self.metric, Metric):
+            return self.metric(reference, candidate)  # a plain agreement function
         return self.metric(reference, candidate, self.positions[rows])
 
     def plain(self, rows: Rows, reference: np.ndarray, candidate: np.ndarray) -> None:
@@ -253,8 +253,6 @@ def other_outputs(names: list[str], reference: list[np.ndarray], candidate: list
     """Agreement on plain inputs of the outputs the search does not read (it analyses the
     first): per output the default metric for its shape (evaluation.agreements.choose), so a
     compressed model cannot quietly wreck a second head (boxes beside class scores)."""
-    from scmopt.evaluation.agreements import choose
-
     out = []
     for name, r, c in zip(names, reference, candidate, strict=True):
         r, c = np.asarray(r), np.asarray(c)

@@ -31,7 +31,9 @@ from scmopt.evaluation.interchange import (
     split_batches,
 )
 from scmopt.evaluation.metrics import Agreement, Metrics, top1
+from scmopt.evaluation.metrics import other_outputs as judge_outputs
 from scmopt.evaluation.sampler import InterventionSampler
+from scmopt.io.data import token_positions
 from scmopt.plan import Plan
 from scmopt.runtime.hooks import dynamic_batch
 from scmopt.runtime.sessions import accepts_batch, batched_session, run_batched, session
@@ -51,6 +53,19 @@ def outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
     if sess is None:
         return run_batched(session(model), feeds, 1)
     return run_batched(sess, feeds, batch_size)
+
+
+def other_outputs(original: onnx.ModelProto, candidate: onnx.ModelProto,
+                  feeds: dict[str, np.ndarray], batch_size: int = 256,
+                  candidate_outputs: list[np.ndarray] | None = None) -> list[dict]:  # fmt: skip
+    """Agreement of the outputs after the first (evaluation.metrics.other_outputs), when both
+    models have the same outputs by name; `candidate_outputs`: the candidate's, if already run."""
+    names = [o.name for o in original.graph.output]
+    if len(names) < 2 or [o.name for o in candidate.graph.output] != names:
+        return []
+    f_cand = candidate_outputs or outputs(candidate, feeds, batch_size)
+    f_orig = outputs(original, feeds, batch_size)
+    return judge_outputs(names[1:], f_orig[1:], f_cand[1:], token_positions(feeds))
 
 
 def logits(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch_size: int = 256):

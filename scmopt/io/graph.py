@@ -123,11 +123,7 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
             out = refine_shapes(infer_shapes(_export(rewritten.cleanup().toposort(), model)))
             done[rule.__name__.rsplit(".", 1)[-1]] = count
     if done:  # provenance: inspect shows it, compiled models carry it
-        props = {p.key: p.value for p in out.metadata_props}
-        props[REWRITES_KEY] = json.dumps(done, sort_keys=True)
-        del out.metadata_props[:]
-        for k, v in props.items():
-            out.metadata_props.add(key=k, value=v)
+        set_metadata(out, {REWRITES_KEY: json.dumps(done, sort_keys=True)})
     return out
 
 
@@ -136,10 +132,22 @@ REWRITES_KEY = "scmopt.rewrites"
 
 def rewrites_of(model: onnx.ModelProto) -> dict[str, int]:
     """The load-time rewrites canonicalize applied (rule -> matches), from the metadata."""
-    for p in model.metadata_props:
-        if p.key == REWRITES_KEY:
-            return json.loads(p.value)
-    return {}
+    value = metadata(model, REWRITES_KEY)
+    return {} if value is None else json.loads(value)
+
+
+def metadata(model: onnx.ModelProto, key: str) -> str | None:
+    """The model's metadata value for `key`, or None."""
+    return next((p.value for p in model.metadata_props if p.key == key), None)
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    """Sets (adds or replaces) metadata entries in place, the others kept in their order."""
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(values)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
 
 
 def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:

@@ -173,14 +173,18 @@ def return_memory() -> None:
     """Hands freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere).
     onnxruntime sessions freed without it leave RSS where it was: 43 curvature-probe
     sessions of EfficientNet-Lite1 held 1.6 GB after their release until trimmed."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
     except OSError:
-        return
-    if trim is not None:
-        trim(0)
+        return None

@@ -19,6 +19,7 @@ through channel-wise ops into cuts, compiling a plan is exact.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,15 @@ class Cut:
     def units(self) -> list[str]:
         """Unit id at each channel position."""
         return list(self.layout.labels)
+
+    @functools.cached_property
+    def unit_channels(self) -> dict[str, list[int]]:
+        """Each unit's channel positions, units in channel order (the fits and the search ask
+        for a few units at a time, thousands of times per round)."""
+        out: dict[str, list[int]] = {}
+        for i, u in enumerate(self.layout.labels):
+            out.setdefault(u, []).append(i)
+        return out
 
     @property
     def block(self) -> int:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from scmopt.io.rewrites.match import dims as _dims
-from scmopt.io.rewrites.match import same as _same
+from scmopt.io.rewrites.match import dims, same
 
 
 def _match(r2: gs.Node) -> tuple[gs.Tensor, gs.Node, gs.Node] | None:
@@ -29,11 +28,11 @@ def _match(r2: gs.Node) -> tuple[gs.Tensor, gs.Node, gs.Node] | None:
     if r1.op != "Reshape" or len(r1.outputs[0].outputs) != 1 or len(tr.outputs[0].outputs) != 1:
         return None
     x = r1.inputs[0]
-    sx, mid, so = _dims(x), _dims(r1.outputs[0]), _dims(r2.outputs[0])
+    sx, mid, so = dims(x), dims(r1.outputs[0]), dims(r2.outputs[0])
     if sx is None or mid is None or so is None or len(sx) != 4 or len(mid) != 3:
         return None
     # The merge keeps (T, Dh) as its last two axes and the end restores (B, H) in front.
-    if not _same(mid[1:], sx[2:]) or not _same(so, [sx[0], sx[1], sx[3], sx[2]]):
+    if not same(mid[1:], sx[2:]) or not same(so, [sx[0], sx[1], sx[3], sx[2]]):
         return None
     return x, r1, tr
 
