@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from scmopt import __version__
-from scmopt.analysis.align import align_plan, check_block
+from scmopt import __version__, artifact
+from scmopt.analysis.align import check_block
 from scmopt.analysis.criteria import CRITERIA as ALL_CRITERIA
 from scmopt.compiler.compile import compile_plan
-from scmopt.compiler.cost_guard import never_larger
-from scmopt.errors import CompileMismatch, ScmoptError
+from scmopt.errors import ScmoptError
 from scmopt.evaluation import agreements, cells, validate
 from scmopt.evaluation.confidence import betting_lower, needed_rate
 from scmopt.io import graph
@@ -28,7 +27,6 @@ from scmopt.plan import Plan
 from scmopt.report import html as report
 from scmopt.report.document import Report, validation_detail
 from scmopt.runtime import work
-from scmopt.runtime.hooks import simulate
 from scmopt.units.analysis import UnitGraph
 from scmopt.units.analysis import analyze as find_units
 
@@ -277,8 +275,16 @@ def compress(
                 f"{betting_lower(np.ones(n_val), delta):.4f}): give more data or a lower F0"
             )
         target = max(certify, need)
+    check = artifact.Validation(cost_before, val_feeds, None if labels is None else labels[val],
+                                batch_size, device, tolerance, swap_p, seed, chosen)  # fmt: skip
+
+    def why_not(m) -> str | None:
+        return artifact.missed(m, min_fidelity, certify, delta, seed)
+
     missed: str | None = None
     tried: set[str] = set()  # plans already built: a stricter search that returns one stops
+    searched: list[SearchResult] = []
+    previous = None  # the last attempt's validation metrics
     for attempt in range(4):
         t1 = time.perf_counter()
         if saved is None:
@@ -289,6 +295,7 @@ def compress(
                 max_coef=fold_parents, keep_heads=keep_heads, flops=flops,
                 per_flop=per_flop,
             )  # fmt: skip
+            searched.append(found)
             if on_plan is not None:
                 on_plan(found)
         else:  # a saved search: no search again
@@ -296,23 +303,49 @@ def compress(
 
             found = saved if isinstance(saved, SearchResult) else SearchResult(saved)
             found.plan.validate(ug)
-        plan, compiled, cost_after, t2, t3, err, m, y_val = _build(
-            ug, found, align, notes, cost_before, val_feeds, labels, val, batch_size, device,
-            tolerance, swap_p, seed, chosen,
-        )  # fmt: skip
-        missed = _missed(m, min_fidelity, certify, delta, seed)
-        if flops is not None and cost_after.flops > flops * cost_before.flops:
-            missed = (f"compiled FLOPs {cost_after.flops / max(cost_before.flops, 1):.3f} of the "
-                      f"original's, above --flops {flops:g}")  # fmt: skip
-        again = plan.to_json() not in tried
-        tried.add(plan.to_json())
+        t2 = time.perf_counter()
+        built = artifact.build(ug, found.plan, found.scores, align, check)
+        missed = why_not(built.metrics)
+        if flops is not None and built.cost.flops > flops * cost_before.flops:
+            missed = (f"compiled FLOPs {built.cost.flops / max(cost_before.flops, 1):.3f} of "
+                      f"the original's, above --flops {flops:g}")  # fmt: skip
+        again = built.plan.to_json() not in tried
+        tried.add(built.plan.to_json())
+        gained = previous is None or _better(built.metrics, previous, certify, delta, seed)
+        previous = built.metrics
         if (missed is None or saved is not None or target is None or target >= 1.0
-                or attempt == 3 or not again):  # fmt: skip
+                or attempt == 3 or not again or not gained):  # fmt: skip
             if missed is not None and not again:
                 notes.append("the stricter search returned the same plan: no other to try")
+            elif missed is not None and not gained:
+                notes.append("the stricter search did no better on the validation split: no "
+                             "further search")  # fmt: skip
             break
         notes.append(f"{missed}: searching again with a stricter target")
         target = min(1.0, target + (1.0 - target) / 2)  # halve the allowed disagreement
+    if missed is not None and target is not None and why_not(built.metrics) is not None:
+        # the rule missed on every search: back to the latest accepted round that meets it
+        from scmopt.analysis.search import SearchResult
+
+        for found_ in reversed(searched):
+            if (back := artifact.walk_back(ug, found_, align, check, why_not)) is not None:
+                point, built, builds = back
+                notes.append(
+                    f"{missed}: walked back to round {point.row['round']}'s plan, which meets it "
+                    f"({len(found_.plan.removed) - len(point.plan.removed)} units of the later "
+                    f"rounds re-kept; {builds} plans built)"
+                )  # fmt: skip
+                missed = None
+                found = SearchResult(point.plan, found_.trajectory, dict(point.row),
+                                     found_.scores, found_.timing)  # fmt: skip
+                if on_plan is not None:
+                    on_plan(found)
+                break
+    plan, compiled, cost_after, err, m = (built.plan, built.compiled, built.cost, built.error,
+                                          built.metrics)  # fmt: skip
+    t3 = t2 + built.seconds["compile"]
+    notes.extend(built.notes)
+    y_val = check.labels
     if missed is not None:
         notes.append(f"warning: {missed}")
     notes.extend(_other_output_notes(m.other_outputs, ug.model.graph.output[0].name,
@@ -374,51 +407,6 @@ def compress(
     return Result(plan, out, ug, rep, notes, dict(compiled.kept_positions), missed)
 
 
-def _build(ug, found, align, notes, cost_before, val_feeds, labels, val, batch_size, device,
-           tolerance, swap_p, seed, metric):  # fmt: skip
-    """Aligns, guards the size of, compiles and validates a search's plan (see compress)."""
-    plan = found.plan
-    if align is not None:
-        plan = align_plan(ug, plan, found.scores, align)
-        re_kept = len(found.plan.actions) - len(plan.actions)
-        if re_kept:
-            notes.append(f"align {align}: {re_kept} removed units re-kept so convolutional cuts "
-                         f"keep multiples of {align} channels")  # fmt: skip
-    t2 = time.perf_counter()
-    sample = {k: v[:1] for k, v in val_feeds.items()}
-    with work.stage("compile"):
-        guarded = never_larger(ug, plan, cost_before,
-                               lambda c: cost.model_cost(c.model, sample, device))  # fmt: skip
-    plan, compiled, cost_after = guarded.plan, guarded.compiled, guarded.cost
-    notes.extend(guarded.notes)
-    for when, c in (("before", cost_before), ("after", cost_after)):
-        if c.unknown:
-            notes.append(f"FLOPs {when} are a lower bound{c.unknown_text()}, counted as 0")
-    t3 = time.perf_counter()
-    with work.stage("compile"):  # the compiled model against the plan's simulation
-        f_sim = validate.outputs(simulate(ug, plan), val_feeds, batch_size)
-        f_comp = validate.outputs(compiled.model, val_feeds, batch_size)
-    # every output of the compiled model equals the plan's simulation
-    pairs = list(zip(f_comp, f_sim, strict=True))
-    err = max(float(np.abs(c - s).max()) if c.size else 0.0 for c, s in pairs)
-    scale = max(float(np.abs(s).max()) if s.size else 0.0 for s in f_sim) or 1.0
-    if err > tolerance * max(scale, 1.0):
-        raise CompileMismatch(
-            f"compiled model differs from the plan's simulation by {err:.3g} "
-            f"(tolerance {tolerance * max(scale, 1.0):.3g}); nothing written"
-        )
-    # every validation number on the compiled artifact, validation split, the search's draws
-    y_val = None if labels is None else labels[val]
-    with work.stage("validation"):
-        m = validate.evaluate_artifact(ug, compiled.model, compiled.kept_positions, val_feeds,
-                                       y_val, p=swap_p, seed=seed, batch_size=batch_size,
-                                       metric=metric, plan=plan)  # fmt: skip
-        # the outputs the search did not read, judged all the same
-        m.other_outputs = validate.other_outputs(ug.model, compiled.model, val_feeds,
-                                                 batch_size, candidate_outputs=f_comp)  # fmt: skip
-    return plan, compiled, cost_after, t2, t3, err, m, y_val
-
-
 def _other_output_notes(others: list[dict], analysed: str,
                         min_fidelity: float | None) -> list[str]:  # fmt: skip
     """A line per output the search did not read, with its agreement on the validation split;
@@ -434,18 +422,13 @@ def _other_output_notes(others: list[dict], analysed: str,
     return lines
 
 
-def _missed(m, min_fidelity: float | None, certify: float | None, delta: float,
-            seed: int) -> str | None:  # fmt: skip
-    """Why the validated plan misses the user's rule on the validation split, or None."""
+def _better(m, prev, certify: float | None, delta: float, seed: int) -> bool:
+    """Whether a stricter search's artifact does better on the validation split than the one
+    before it: a higher certified lower bound, or a higher fidelity."""
     if certify is not None:
-        lower = m.confidence(delta, seed)["fidelity"]["lower"]
-        if lower < certify:
-            return (f"certified fidelity {lower:.4f} < --certify {certify} on the validation "
-                    f"split (n={m.n}, delta {delta})")  # fmt: skip
-    elif min_fidelity is not None and m.fidelity < min_fidelity:
-        return (f"target missed on the validation split: fidelity ({m.metric}) {m.fidelity:.4f} < "
-                f"--min-fidelity {min_fidelity} (n={m.n})")  # fmt: skip
-    return None
+        return (m.confidence(delta, seed)["fidelity"]["lower"]
+                > prev.confidence(delta, seed)["fidelity"]["lower"])  # fmt: skip
+    return m.fidelity > prev.fidelity
 
 
 def _with_metadata(model: onnx.ModelProto, plan: Plan, rep: Report) -> onnx.ModelProto:

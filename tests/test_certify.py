@@ -25,21 +25,107 @@ def test_api_without_a_rule_uses_the_cli_default():
 
 
 def test_a_missed_rule_is_a_warning_and_exit_4(tmp_path, monkeypatch):
-    """A rule still missed after the stricter searches: warning, exit 4, OUT written."""
+    """A rule still missed after the stricter searches and the walk back: warning, exit 4,
+    OUT written."""
     import scmopt.api
+    import scmopt.artifact
 
-    calls = []
+    searches, built = [], []
+    real_search = scmopt.api._search
+
+    def search(*args, **kw):
+        searches.append(kw["min_fidelity"])
+        return real_search(*args, **kw)
 
     def missed(m, *args):
-        calls.append(m.fidelity)
+        built.append(m.fidelity)
         return f"target missed on the validation split: fidelity {m.fidelity:.4f} < 1.01"
 
-    monkeypatch.setattr(scmopt.api, "_missed", missed)
+    monkeypatch.setattr(scmopt.api, "_search", search)
+    monkeypatch.setattr(scmopt.artifact, "missed", missed)
     out = tmp_path / "o.onnx"
     res = CliRunner().invoke(main, [CNN, str(out), "--data", CNN, "--min-fidelity", "0.9", "-q"])
     assert res.exit_code == 4, res.output
     assert "warning: target missed on the validation split" in res.output
-    assert len(calls) == 4 and out.exists()  # the first search and three stricter ones
+    assert out.exists()
+    # the first search, stricter ones while they gain on the validation split (at most three)
+    assert 1 <= len(searches) <= 4 and searches == sorted(searches)
+    assert searches[1:] == pytest.approx([1 - 0.1 * 0.5**k for k in range(1, len(searches))])
+    assert len(built) > len(searches)  # and the walk back built earlier rounds' plans
+
+
+def _nested_search(monkeypatch, keep: float):
+    """api._search replaced by a keep search (4 rounds: 4 nested checkpoints) whatever the
+    rule; returns the list of results it handed out."""
+    import scmopt.api
+
+    real_search = scmopt.api._search
+    results = []
+
+    def search(*args, **kw):
+        kw.update(min_fidelity=None, keep=keep, rounds=4)
+        results.append(real_search(*args, **kw))
+        return results[-1]
+
+    monkeypatch.setattr(scmopt.api, "_search", search)
+    return results
+
+
+def test_a_missed_target_walks_back_to_a_round_that_meets_it(monkeypatch):
+    """The searched plan (keep 0.05 of cnn_digits) misses --min-fidelity 0.99: the stricter
+    search returns the same plan, so compress walks back to the latest round's plan that meets
+    the rule on the validation split, and compiles that plan."""
+    results = _nested_search(monkeypatch, 0.05)
+    calib = _data("cnn_digits", "calib")
+    res = scmopt.compress(str(zoo_dir() / "cnn_digits.onnx"), calib, min_fidelity=0.99)
+    found = results[-1]
+    assert len(found.checkpoints) == 4
+    removed = [len(c.plan.removed) for c in found.checkpoints]
+    assert removed == sorted(removed) and len(set(removed)) == 4  # nested, growing
+    assert res.missed is None and res.report["fidelity"] >= 0.99
+    assert any("walked back to round" in n for n in res.notes), res.notes
+    chosen = [c for c in found.checkpoints if c.plan.to_json() == res.plan.to_json()]
+    assert chosen and 0 < len(res.plan.removed) < len(found.plan.removed)
+    # the report's search metrics are that round's
+    assert res.report["validation"]["search"]["round"] == chosen[0].row["round"]
+
+
+def test_walk_back_bisects_to_a_boundary():
+    """walk_back returns a checkpoint that meets the rule whose successor (if any) misses it,
+    after at most ceil(log2(k + 1)) builds of k checkpoints."""
+    import math
+
+    from scmopt import artifact
+    from scmopt.analysis.search import SearchResult
+    from scmopt.api import resolve_metric
+    from scmopt.io import graph
+    from scmopt.ops import cost
+    from scmopt.units.analysis import analyze
+
+    ug = analyze(graph.load(zoo_dir() / "cnn_digits.onnx"))
+    calib = _data("cnn_digits", "calib")
+    feeds = {k: v for k, v in calib.items() if k != "y"}
+    found = scmopt.api._search(ug, feeds, criterion="curvature", keep=0.1, rounds=4,
+                               fold=True, seed=0)  # fmt: skip
+    val = {k: v[:200] for k, v in feeds.items()}
+    metric, _ = resolve_metric(ug.model, val, None)
+    v = artifact.Validation(cost.model_cost(ug.model, {k: x[:1] for k, x in val.items()}),
+                            val, None, 256, "cpu", 1e-4, 0.5, 0, metric)  # fmt: skip
+    fids = [artifact.build(ug, c.plan, found.scores, None, v).metrics.fidelity
+            for c in found.checkpoints]  # fmt: skip
+    k = len(fids)
+    for threshold in sorted(set(fids)):
+        back = artifact.walk_back(ug, SearchResult(found.plan, checkpoints=found.checkpoints),
+                                  None, v, lambda m, t=threshold: None if m.fidelity >= t
+                                  else "miss")  # fmt: skip
+        assert back is not None
+        point, built, builds = back
+        i = found.checkpoints.index(point)
+        assert built.metrics.fidelity == fids[i] >= threshold
+        assert i == k - 1 or fids[i + 1] < threshold
+        assert builds <= math.ceil(math.log2(k + 1))
+    nothing = artifact.walk_back(ug, found, None, v, lambda m: "always")
+    assert nothing is None
 
 
 def test_an_unreachable_certificate_is_refused_before_the_search(tmp_path):

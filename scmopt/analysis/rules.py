@@ -9,6 +9,7 @@ import copy
 import math
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +23,15 @@ from scmopt.plan import Plan
 
 if TYPE_CHECKING:
     from scmopt.analysis.search import _Search
+
+
+@dataclass
+class Checkpoint:
+    """A plan the search accepted at the end of a round, with the round's trajectory row
+    (its held-out metrics): what a rule missed on the validation split can walk back to."""
+
+    plan: Plan
+    row: dict
 
 
 def probe_band(n_cut: int | dict[str, int], fraction: float, cap: int,
@@ -50,12 +60,15 @@ def probe_band(n_cut: int | dict[str, int], fraction: float, cap: int,
 
 def record_round(s: _Search, traj: list[dict], r: int, plan: Plan, units: list[str], pred: float,
             m: Metrics, prev: float, accepted: bool) -> None:  # fmt: skip
-    """One trajectory row; predicted risk = previous measured risk + the model's increase."""
+    """One trajectory row; predicted risk = previous measured risk + the model's increase. An
+    accepted round's plan is kept as a checkpoint (SearchResult.checkpoints)."""
     traj.append({
         "round": r, "kept": len(s.ug.prunable) - len(plan.removed),
         "removed": len(units), "predicted_risk": prev + pred,
         "risk": m.risk, "fidelity": m.fidelity, "iia": m.iia, "accepted": accepted,
     })  # fmt: skip
+    if accepted:
+        s.checkpoints.append(Checkpoint(copy.deepcopy(plan), dict(traj[-1])))
     emit_row(s, traj)
 
 

@@ -49,6 +49,7 @@ from scmopt.analysis.flop_model import FlopModel
 from scmopt.analysis.groups import group_of, keep_targets
 from scmopt.analysis.measure import Evaluator, Metrics, Runner
 from scmopt.analysis.rules import (
+    Checkpoint,
     budget_mode,
     flops_mode,
     keep_mode,
@@ -75,6 +76,9 @@ class SearchResult:
     metrics: dict = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    # the rounds' accepted plans, oldest first (each removes what the one before it did and
+    # more); the final plan (after polish) is `plan`, not one of them
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
 class _Search:
@@ -116,6 +120,7 @@ class _Search:
                              max_coef=cfg.max_coef, screen_samples=screen)  # fmt: skip
         self.fit_evaluator: Evaluator | None = None
         self.plan = Plan()
+        self.checkpoints: list[Checkpoint] = []
         self.out_var: float | None = None
         self.scores: dict[str, float] = {}
         self._add("setup", t0)
@@ -482,4 +487,4 @@ def _search(ug, data, cfg: SearchConfig, progress, labels) -> SearchResult:
                    kept_fraction=kept / len(prunable) if prunable else 1.0,
                    **s.plan.counts())  # fmt: skip
     s.timing["total"] = time.perf_counter() - t_start
-    return SearchResult(s.plan, traj, metrics, s.scores, s.timing)
+    return SearchResult(s.plan, traj, metrics, s.scores, s.timing, s.checkpoints)
