@@ -237,3 +237,51 @@ def test_gathered_residual_covariance_equals_the_dense_formula(seed):
         np.testing.assert_allclose(got, dense[np.ix_(rows, cols)], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(residual_var(cs, order, fold=True), np.diag(dense), rtol=1e-12,
                                atol=1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize("keys", ["diagonal", "coupled", "units"])
+def test_chosen_sums_equal_the_gathered_cross_terms(keys):
+    """ChosenSums (the greedy's maintained cross terms with the chosen units) equals the direct
+    sum_j K[r, j] E[d_r d_j] from residual_cross, after adds, removals and refits."""
+    from scmopt.analysis.selection import Block, ChosenSums
+    from scmopt.analysis.stats import Values
+
+    c = 12
+    cs = _stats(3, 0.5, 0.5, c=c)
+    ug = _UG(c)
+    units = ug.cuts["t"].units
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(c, c))
+    kch = a @ a.T  # channel coupling, symmetric
+    kap = np.abs(rng.normal(size=c)) + 0.1
+    kmat = {"diagonal": np.diag(kap), "coupled": kch, "units": kch[::-1, ::-1].copy()}[keys]
+    pos = {u: c - 1 - i for i, u in enumerate(units)}  # unit keys: a permutation of channels
+    chan = np.array([units.index(u) for u in sorted(units, key=pos.get)])
+
+    def key(u: str) -> int:
+        return pos[u] if keys == "units" else units.index(u)
+
+    def kcol(u: str, ch: int) -> np.ndarray:
+        return kmat[:, key(u)]
+
+    sums = ChosenSums(cs, True, Values.PLAN, kcol, chan if keys == "units" else np.arange(c))
+    chosen = ["u0", "u3", "u7", "u9"]
+    kept = set(units) - set(chosen)
+    fits = fit_cut(ug, cs, chosen, kept)
+    assert sum(bool(f.pred) for f in fits.values()) >= 2  # folds, not only constants
+    for u in chosen:
+        sums.add(u, fits[u])
+    # refit two chosen units onto fewer kept units: old fits out, new ones in
+    refit = fit_cut(ug, cs, ["u3", "u9"], kept - {"u1", "u2"})
+    for u in ("u3", "u9"):
+        sums.add(u, fits[u], -1.0)
+        sums.add(u, refit[u])
+        fits[u] = refit[u]
+    rows_units = ["u1", "u5", "u6", "u3"]
+    rows = Block.of([fit_cut(ug, cs, [u], kept - {u})[u] if u not in fits else fits[u]
+                     for u in rows_units], True, rows_units)  # fmt: skip
+    cols = Block.of([fits[u] for u in chosen], True, chosen)
+    kk = kmat[np.ix_([key(u) for u in rows_units], [key(u) for u in chosen])]
+    want = np.sum(kk * residual_cross(cs, rows, cols, True, Values.PLAN), axis=1)
+    got = sums.rows(rows, np.array([key(u) for u in rows_units]))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
