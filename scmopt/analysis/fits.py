@@ -68,6 +68,7 @@ def fit_cut(
         cov1, cov2 = cs.covariance(1, Values.PLAN, target), cs.covariance(2)
     kept_idx = np.array([first[u][0] for u in first if u in kept and var[first[u][0]] > 0])
     memo = cs.memo.setdefault(("fold", target), {})
+    names = cut.units  # a fresh list per access: once, not per predictor
     fits = {}
     for j in targets:
         chans = first[j]
@@ -76,7 +77,7 @@ def fit_cut(
         if fold and len(kept_idx) and tvar[jj] > 0:
             cand = kept_idx[kept_idx != jj]
             _fold(fit, cand, cov1, cov2, mu, tmu, float(tvar[jj]), jj, max_coef, pool, ridge, memo)
-            fit.pred = [cut.units[i] for i in fit.pred_idx]
+            fit.pred = [names[i] for i in fit.pred_idx]
         fits[j] = fit
     return fits
 

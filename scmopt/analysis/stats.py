@@ -336,31 +336,41 @@ def collect(
     fsq = 0.0
     keep = {t: kept_mask(ug, t, plan) for t in sites}
     nets = [runner.network(plan)] + ([runner.network(None)] if original else [])
-    for b in batches:
-        x = take(data, b)
-        f, caps = nets[0].run(x, capture=True)
+
+    def plain(b: slice) -> list[dict[str, np.ndarray]]:
+        """The plain pass of batch b: moments, output sums; its captures (plan[, original])."""
+        nonlocal fsum, fsq, done
+        f, caps = nets[0].run(take(data, b), capture=True)
         f = f.reshape(f.shape[0], -1).astype(np.float64)
         fsum = f.sum(0) if fsum is None else fsum + f.sum(0)
         fsq += float(np.sum(f * f))
-        base = [caps]
-        if original:
-            base.append(runner.original_captures(data, b))
+        base = [caps] + ([runner.original_captures(data, b)] if original else [])
         for t in sites:
             vals = np.concatenate([c[t] for c in base], axis=1)
             cuts[t].plain.add(vals, token_weights(ug, t, mask, b, vals.shape[2]))
         done += 1
         if progress:
             progress("stats", done, total)
+        return base
+
+    def upstream(b: slice, base: list[dict[str, np.ndarray]],
+                 held: list[dict[str, np.ndarray]] | None) -> None:  # fmt: skip
+        """The upstream interchanges of batch b's drawn samples; sources from `held` (each
+        network's plain captures of the whole split) when given, else run."""
+        nonlocal done
         rows = np.flatnonzero(up[b])
         if not len(rows):
-            continue
+            return
         idx = b.start + rows  # the upstream samples of this batch, as rows of the split
         masks = {t: draws.mask(t, keep[t], idx) & (which[idx] == k)[:, None]
                  for k, t in enumerate(sites)}  # fmt: skip
         xs, xb = take(data, draws.sources[idx]), take(data, idx)
         swapped = []
-        for net, c in zip(nets, base, strict=True):
-            src = net.run(xs, capture=True)[1]
+        for k, (net, c) in enumerate(zip(nets, base, strict=True)):
+            if held is not None:
+                src = {t: v[draws.sources[idx]] for t, v in held[k].items()}
+            else:
+                src = net.run(xs, capture=True)[1]
             bc = {t: v[rows] for t, v in c.items()}
             swapped.append(interchange(net, xb, bc, src, masks, capture=True)[1])
         for t in sites:
@@ -371,6 +381,24 @@ def collect(
         done += 1
         if progress:
             progress("stats", done, total)
+
+    # When every batch's plain captures fit in the runner's cache budget, all plain passes run
+    # first and the interchange sources are rows of them (no source passes: about 1 FPE per
+    # round of the 3); otherwise batch by batch with a source pass each. The moments are the
+    # same sums in the same order either way (plain and upstream sums are separate).
+    first = plain(batches[0])
+    per_sample = sum(v.nbytes for c in first for v in c.values()) / max(batches[0].stop, 1)
+    if up.any() and per_sample * n <= runner.CACHE_BYTES:
+        bases = [first] + [plain(b) for b in batches[1:]]
+        held = [{t: np.concatenate([bs[k][t] for bs in bases]) for t in sites}
+                for k in range(len(nets))]  # fmt: skip
+        del bases, first
+        for b in batches:
+            upstream(b, [{t: v[b] for t, v in h.items()} for h in held], held)
+    else:
+        upstream(batches[0], first, None)
+        for b in batches[1:]:
+            upstream(b, plain(b), None)
     mean_f = fsum / n
     out_var = fsq / n - float(mean_f @ mean_f)
     return Stats(cuts, max(out_var, 1e-30), n)
