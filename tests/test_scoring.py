@@ -22,6 +22,8 @@ class _Cut:
     def __init__(self, c):
         self.units = [f"u{i}" for i in range(c)]
         self.unit_channels = {u: [i] for i, u in enumerate(self.units)}
+        self.first_channels = np.arange(c)
+        self.unit_index = {u: i for i, u in enumerate(self.units)}
         self.positions = 3
 
 
@@ -285,3 +287,36 @@ def test_chosen_sums_equal_the_gathered_cross_terms(keys):
     want = np.sum(kk * residual_cross(cs, rows, cols, True, Values.PLAN), axis=1)
     got = sums.rows(rows, np.array([key(u) for u in rows_units]))
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_top_k_equals_the_stable_sort_prefix():
+    """fits._top (partition, then a sort of k) is np.argsort(kind="stable")[:k], ties and
+    NaNs included."""
+    from scmopt.analysis.fits import _top
+
+    rng = np.random.default_rng(0)
+    for trial in range(2000):
+        n, k = int(rng.integers(1, 300)), int(rng.integers(1, 40))
+        x = rng.integers(0, 5, size=n).astype(float) if trial % 2 else rng.normal(size=n)
+        if trial % 7 == 0:
+            x[rng.integers(0, n, 3)] = np.nan
+        np.testing.assert_array_equal(_top(x, k), np.argsort(x, kind="stable")[:k])
+
+
+def test_the_greedys_kept_masks_follow_its_kept_set(mlp):
+    """selection._Kept / _Without answer for a whole cut what unit-by-unit membership says,
+    after units are discarded (fits.kept_units takes either)."""
+    from scmopt.analysis.fits import kept_units
+    from scmopt.analysis.selection import _Kept, _Without
+
+    ug = mlp[0]
+    cut = next(c for c in ug.cuts.values() if len(c.unit_channels) > 8)
+    names = list(cut.unit_channels)
+    kept = _Kept(set(names[::2]) | {"not-a-unit"})
+    kept.units_mask(cut)  # cached before the discards: they must update it
+    for u in names[:6:2]:
+        kept.discard(u)
+    for view in (kept, _Without(kept, names[8]), _Without(kept, names[1])):
+        want = np.array([u in view for u in names])
+        np.testing.assert_array_equal(kept_units(cut, view), want)
+        np.testing.assert_array_equal(kept_units(cut, set(u for u in names if u in view)), want)

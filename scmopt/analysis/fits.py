@@ -40,6 +40,16 @@ class Fit:
         return min(self.var, self.resid) if fold else self.var
 
 
+def kept_units(cut, kept: Container[str]) -> np.ndarray:
+    """A bool per unit of `cut` (unit_channels order): in `kept`. A container that can answer
+    for a whole cut at once (`units_mask(cut)`, the greedy's, asked thousands of times per
+    round) does so; any other is asked unit by unit."""
+    fast = getattr(kept, "units_mask", None)
+    if fast is not None:
+        return fast(cut)
+    return np.fromiter((u in kept for u in cut.unit_channels), bool, len(cut.unit_channels))
+
+
 def fit_cut(
     ug: UnitGraph,
     cs: CutStats,
@@ -66,7 +76,8 @@ def fit_cut(
     cov1 = cov2 = None
     if fold:
         cov1, cov2 = cs.covariance(1, Values.PLAN, target), cs.covariance(2)
-    kept_idx = np.array([first[u][0] for u in first if u in kept and var[first[u][0]] > 0])
+    kc = cut.first_channels[kept_units(cut, kept)]
+    kept_idx = kc[var[kc] > 0]
     memo = cs.memo.setdefault(("fold", target), {})
     names = cut.units  # a fresh list per access: once, not per predictor
     fits = {}
@@ -91,7 +102,7 @@ def _fold(fit, cand, cov1, cov2, mu, tmu, vj, jj, max_coef, pool, ridge, memo) -
         return
     dk = np.clip(np.diag(cov2)[cand], 1e-30, None)
     corr = np.abs(cov1[cand, jj]) / np.sqrt(dk * vj)
-    cand = cand[np.argsort(-corr, kind="stable")[:pool]]
+    cand = cand[_top(-corr, pool)]
     key = (jj, cand.tobytes(), max_coef, ridge)
     if key not in memo:
         memo[key] = _forward(cov1, cov2, cand, jj, vj, max_coef, ridge)
@@ -102,6 +113,19 @@ def _fold(fit, cand, cov1, cov2, mu, tmu, vj, jj, max_coef, pool, ridge, memo) -
     fit.coef = coef.copy()
     fit.offset = tmu[jj] - coef @ mu[chosen]
     fit.resid = resid
+
+
+def _top(neg: np.ndarray, k: int) -> np.ndarray:
+    """np.argsort(neg, kind="stable")[:k] without sorting all of neg: the k smallest, ties in
+    index order (a cut has up to thousands of candidates; k is the pool of 16)."""
+    if len(neg) <= 2 * k:
+        return np.argsort(neg, kind="stable")[:k]
+    kth = np.partition(neg, k - 1)[k - 1]
+    if np.isnan(kth):
+        return np.argsort(neg, kind="stable")[:k]
+    below = np.flatnonzero(neg < kth)
+    idx = np.concatenate([below, np.flatnonzero(neg == kth)[: k - len(below)]])
+    return idx[np.argsort(neg[idx], kind="stable")]
 
 
 def _forward(cov1, cov2, cand, jj, vj, max_coef, ridge) -> tuple[list[int], np.ndarray, float]:

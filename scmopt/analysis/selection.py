@@ -23,14 +23,46 @@ if TYPE_CHECKING:
     from scmopt.analysis.scoring import Scores
 
 
+class _Kept:
+    """The greedy's kept set, with a bool per unit of each cut asked for (fits.kept_units)
+    kept up to date as units go: the refits ask for whole cuts thousands of times a round."""
+
+    def __init__(self, units: set[str]) -> None:
+        self.units = units
+        self._masks: dict[int, tuple[object, np.ndarray]] = {}  # id(cut) -> (cut, mask)
+
+    def __contains__(self, x: object) -> bool:
+        return x in self.units
+
+    def discard(self, u: str) -> None:
+        self.units.discard(u)
+        for cut, mask in self._masks.values():
+            if (i := cut.unit_index.get(u)) is not None:
+                mask[i] = False
+
+    def units_mask(self, cut) -> np.ndarray:
+        key = id(cut)
+        if key not in self._masks:
+            self._masks[key] = (cut, np.fromiter((u in self.units for u in cut.unit_channels),
+                                                 bool, len(cut.unit_channels)))  # fmt: skip
+        return self._masks[key][1]
+
+
 class _Without:
     """`base` minus one member, for membership tests, without copying a set of thousands."""
 
-    def __init__(self, base: set[str], gone: str) -> None:
+    def __init__(self, base: _Kept, gone: str) -> None:
         self.base, self.gone = base, gone
 
     def __contains__(self, x: object) -> bool:
         return x != self.gone and x in self.base
+
+    def units_mask(self, cut) -> np.ndarray:
+        mask = self.base.units_mask(cut)
+        if (i := cut.unit_index.get(self.gone)) is not None and mask[i]:
+            mask = mask.copy()
+            mask[i] = False
+        return mask
 
 
 @dataclass
@@ -135,10 +167,14 @@ class ChosenSums:
             q, c = blk.idx[0], blk.coef[0]
             tvec += self.c1[:, q] @ c
             pvec += self.c2[:, q] @ c
-        k = self.kcol(unit, b)
+        k = sign * self.kcol(unit, b)
         nz = np.flatnonzero(k)
-        self.t[nz] += sign * k[nz] * tvec[self.chan[nz]]
-        self.P[nz] += sign * np.outer(k[nz], pvec)
+        if len(nz) == len(k):  # a coupled K: every row (no gather and scatter)
+            self.t += k * tvec[self.chan]
+            self.P += np.outer(k, pvec)
+        else:  # a diagonal K: one row
+            self.t[nz] += k[nz] * tvec[self.chan[nz]]
+            self.P[nz] += np.outer(k[nz], pvec)
 
     def rows(self, blk: Block, keys: np.ndarray) -> np.ndarray:
         """sum_j K[row, j] E[d_row d_j] for each fit of `blk` (row keys `keys`)."""
@@ -178,7 +214,7 @@ def select(
     once the savings reach the goal (units that save nothing are never taken); strict: only
     units that fit in what is left to save, else the one that overshoots least. Returns the
     units, their fits onto the units that stay kept, and the predicted risk increase."""
-    kept = set(kept)
+    kept = _Kept(set(kept))
     cur: dict[str, dict[str, Fit]] = {}
     live = set(sc.fits)
     saves, goal, strict = flops if flops is not None else ({}, None, False)

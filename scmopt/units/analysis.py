@@ -56,6 +56,16 @@ class Cut:
             out.setdefault(u, []).append(i)
         return out
 
+    @functools.cached_property
+    def first_channels(self) -> np.ndarray:
+        """First channel of each unit, in unit_channels order."""
+        return np.array([c[0] for c in self.unit_channels.values()], dtype=int)
+
+    @functools.cached_property
+    def unit_index(self) -> dict[str, int]:
+        """Each unit's place in unit_channels order (the rows of first_channels)."""
+        return {u: i for i, u in enumerate(self.unit_channels)}
+
     @property
     def block(self) -> int:
         """Features per channel on the channel axis (flattened layouts), else 1."""
