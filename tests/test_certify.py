@@ -63,7 +63,7 @@ def _nested_search(monkeypatch, keep: float):
     results = []
 
     def search(*args, **kw):
-        kw.update(min_fidelity=None, keep=keep, rounds=4)
+        kw.update(min_fidelity=None, keep=keep, rounds=4, checkpoints=True)
         results.append(real_search(*args, **kw))
         return results[-1]
 
@@ -106,7 +106,10 @@ def test_walk_back_bisects_to_a_boundary():
     calib = _data("cnn_digits", "calib")
     feeds = {k: v for k, v in calib.items() if k != "y"}
     found = scmopt.api._search(ug, feeds, criterion="curvature", keep=0.1, rounds=4,
-                               fold=True, seed=0)  # fmt: skip
+                               fold=True, seed=0, checkpoints=True)  # fmt: skip
+    assert not scmopt.api._search(
+        ug, feeds, criterion="curvature", keep=0.1, rounds=2
+    ).checkpoints  # none kept without a target
     val = {k: v[:200] for k, v in feeds.items()}
     metric, _ = resolve_metric(ug.model, val, None)
     v = artifact.Validation(cost.model_cost(ug.model, {k: x[:1] for k, x in val.items()}),

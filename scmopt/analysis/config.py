@@ -61,6 +61,9 @@ class SearchConfig:
     min_step: float = 0.005
     shrink: tuple[float, ...] = (0.5, 0.0)
     polish: int = 3
+    # keep every accepted round's plan (SearchResult.checkpoints) for a walk back; None: with
+    # a fidelity target only (a plan is ~10 MB at EfficientNet's scale)
+    checkpoints: bool | None = None
 
     @property
     def rule(self) -> str | None:

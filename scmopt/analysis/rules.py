@@ -67,7 +67,8 @@ def record_round(s: _Search, traj: list[dict], r: int, plan: Plan, units: list[s
         "removed": len(units), "predicted_risk": prev + pred,
         "risk": m.risk, "fidelity": m.fidelity, "iia": m.iia, "accepted": accepted,
     })  # fmt: skip
-    if accepted:
+    keep = s.cfg.checkpoints if s.cfg.checkpoints is not None else s.rule == "min_fidelity"
+    if accepted and keep:
         s.checkpoints.append(Checkpoint(copy.deepcopy(plan), dict(traj[-1])))
     emit_row(s, traj)
 
