@@ -284,7 +284,8 @@ def compress(
     missed: str | None = None
     tried: set[str] = set()  # plans already built: a stricter search that returns one stops
     searched: list[SearchResult] = []
-    previous = None  # the last attempt's validation metrics
+    previous: float | None = None  # the last attempt's score on the validation split
+    rule_missed: str | None = None  # the fidelity rule's miss (not the --flops one)
     for attempt in range(4):
         t1 = time.perf_counter()
         if saved is None:
@@ -305,14 +306,15 @@ def compress(
             found.plan.validate(ug)
         t2 = time.perf_counter()
         built = artifact.build(ug, found.plan, found.scores, align, check)
-        missed = why_not(built.metrics)
+        missed = rule_missed = why_not(built.metrics)
         if flops is not None and built.cost.flops > flops * cost_before.flops:
             missed = (f"compiled FLOPs {built.cost.flops / max(cost_before.flops, 1):.3f} of "
                       f"the original's, above --flops {flops:g}")  # fmt: skip
         again = built.plan.to_json() not in tried
         tried.add(built.plan.to_json())
-        gained = previous is None or _better(built.metrics, previous, certify, delta, seed)
-        previous = built.metrics
+        score = _score(built.metrics, certify, delta, seed)
+        gained = previous is None or score > previous
+        previous = score
         if (missed is None or saved is not None or target is None or target >= 1.0
                 or attempt == 3 or not again or not gained):  # fmt: skip
             if missed is not None and not again:
@@ -323,7 +325,7 @@ def compress(
             break
         notes.append(f"{missed}: searching again with a stricter target")
         target = min(1.0, target + (1.0 - target) / 2)  # halve the allowed disagreement
-    if missed is not None and target is not None and why_not(built.metrics) is not None:
+    if rule_missed is not None and target is not None:
         # the rule missed on every search: back to the latest accepted round that meets it
         from scmopt.analysis.search import SearchResult
 
@@ -422,13 +424,12 @@ def _other_output_notes(others: list[dict], analysed: str,
     return lines
 
 
-def _better(m, prev, certify: float | None, delta: float, seed: int) -> bool:
-    """Whether a stricter search's artifact does better on the validation split than the one
-    before it: a higher certified lower bound, or a higher fidelity."""
+def _score(m, certify: float | None, delta: float, seed: int) -> float:
+    """What a stricter search must raise on the validation split to be worth another: the
+    certified lower bound, or the fidelity."""
     if certify is not None:
-        return (m.confidence(delta, seed)["fidelity"]["lower"]
-                > prev.confidence(delta, seed)["fidelity"]["lower"])  # fmt: skip
-    return m.fidelity > prev.fidelity
+        return float(m.confidence(delta, seed)["fidelity"]["lower"])
+    return float(m.fidelity)
 
 
 def _with_metadata(model: onnx.ModelProto, plan: Plan, rep: Report) -> onnx.ModelProto:

@@ -48,6 +48,13 @@ class Validation:
     swap_p: float
     seed: int
     metric: Metric
+    # the original's outputs on the split, run once for every build (walk backs build several)
+    _original: list = field(default_factory=list, compare=False, repr=False)
+
+    def original_outputs(self, ug: UnitGraph) -> list[np.ndarray]:
+        if not self._original:
+            self._original.extend(validate.outputs(ug.model, self.feeds, self.batch_size))
+        return self._original
 
 
 @dataclass
@@ -102,8 +109,9 @@ def build(ug: UnitGraph, plan: Plan, scores: dict[str, float], align: int | None
                                        batch_size=v.batch_size, metric=v.metric,
                                        plan=plan)  # fmt: skip
         # the outputs the search did not read, judged all the same
-        m.other_outputs = validate.other_outputs(ug.model, compiled.model, v.feeds, v.batch_size,
-                                                 candidate_outputs=f_comp)  # fmt: skip
+        m.other_outputs = validate.other_outputs(
+            ug.model, compiled.model, v.feeds, v.batch_size, candidate_outputs=f_comp,
+            original_outputs=lambda: v.original_outputs(ug))  # fmt: skip
     seconds = {"compile": t1 - t0, "validate": time.perf_counter() - t1}
     return Built(plan, compiled, cost_after, err, m, seconds, notes)
 

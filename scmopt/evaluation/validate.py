@@ -16,6 +16,7 @@ Models exported with a fixed batch size run with a symbolic batch axis when they
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -57,14 +58,18 @@ def outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
 
 def other_outputs(original: onnx.ModelProto, candidate: onnx.ModelProto,
                   feeds: dict[str, np.ndarray], batch_size: int = 256,
-                  candidate_outputs: list[np.ndarray] | None = None) -> list[dict]:  # fmt: skip
+                  candidate_outputs: list[np.ndarray] | None = None,
+                  original_outputs: Callable[[], list[np.ndarray]] | None = None,
+                  ) -> list[dict]:  # fmt: skip
     """Agreement of the outputs after the first (evaluation.metrics.other_outputs), when both
-    models have the same outputs by name; `candidate_outputs`: the candidate's, if already run."""
+    models have the same outputs by name; `candidate_outputs`: the candidate's, if already run;
+    `original_outputs`: gives the original's (a caller judging many candidates on one split
+    runs the original once)."""
     names = [o.name for o in original.graph.output]
     if len(names) < 2 or [o.name for o in candidate.graph.output] != names:
         return []
     f_cand = candidate_outputs or outputs(candidate, feeds, batch_size)
-    f_orig = outputs(original, feeds, batch_size)
+    f_orig = original_outputs() if original_outputs else outputs(original, feeds, batch_size)
     return judge_outputs(names[1:], f_orig[1:], f_cand[1:], token_positions(feeds))
 
 
