@@ -10,8 +10,9 @@ from scmopt.analysis.criteria import CRITERIA
 from scmopt.analysis.curvature import Prober
 from scmopt.analysis.fits import _ls, _ls_batch, fit_cut
 from scmopt.analysis.measure import Runner
+from scmopt.analysis.residuals import residual_cov, residual_cross, residual_var
 from scmopt.analysis.scoring import Scorer, apply
-from scmopt.analysis.selection import residual_cov, residual_cross, residual_var, select
+from scmopt.analysis.selection import select
 from scmopt.analysis.stats import CutStats, Moments, collect
 from scmopt.io import graph
 from scmopt.plan import Plan
@@ -241,12 +242,18 @@ def test_gathered_residual_covariance_equals_the_dense_formula(seed):
                                atol=1e-12)  # fmt: skip
 
 
+@pytest.mark.parametrize("buffered", [False, True])
 @pytest.mark.parametrize("keys", ["diagonal", "coupled", "units"])
-def test_chosen_sums_equal_the_gathered_cross_terms(keys):
+def test_chosen_sums_equal_the_gathered_cross_terms(keys, buffered, monkeypatch):
     """ChosenSums (the greedy's maintained cross terms with the chosen units) equals the direct
-    sum_j K[r, j] E[d_r d_j] from residual_cross, after adds, removals and refits."""
-    from scmopt.analysis.selection import Block, ChosenSums
+    sum_j K[r, j] E[d_r d_j] from residual_cross, after adds, removals and refits; buffered
+    (wide cuts): with some rank-1 updates flushed into P and others still pending."""
+    from scmopt.analysis.residuals import Block, ChosenSums
     from scmopt.analysis.stats import Values
+
+    if buffered:
+        monkeypatch.setattr(ChosenSums, "WIDE", 1)
+        monkeypatch.setattr(ChosenSums, "BUFFER", 5)  # 8 updates: 5 flushed, 3 pending
 
     c = 12
     cs = _stats(3, 0.5, 0.5, c=c)
@@ -287,6 +294,8 @@ def test_chosen_sums_equal_the_gathered_cross_terms(keys):
     want = np.sum(kk * residual_cross(cs, rows, cols, True, Values.PLAN), axis=1)
     got = sums.rows(rows, np.array([key(u) for u in rows_units]))
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    if buffered and keys != "diagonal":
+        assert len(sums._k) == 3
 
 
 def test_top_k_equals_the_stable_sort_prefix():

@@ -175,3 +175,22 @@ def test_token_weights_follow_tokens_and_heads_only():
     assert padding_mask({"attention_mask": mask, "x": np.zeros((2, 5))}) == "attention_mask"
     assert padding_mask({"attention_mask": np.ones((2, 5), np.int64)}) is None  # no padding
     assert padding_mask({"mask": np.full((2, 5), 0.5)}) is None  # not 0/1
+
+
+@pytest.mark.parametrize("c,p", [(8, 5), (520, 3), (520, 40)])
+def test_gram_sums_every_sample(c, p):
+    """Narrow cuts: one sample per product, bit for bit the loop; wide cuts (>= WIDE channels):
+    several samples per float32 product, the same sums to float32 accuracy."""
+    from scmopt.analysis import stats
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(21, c, p)).astype(np.float32)
+    b = rng.normal(size=(21, c, p)).astype(np.float32)
+    got = stats._gram(a, b)
+    ref = np.tensordot(a.astype(np.float64), b.astype(np.float64), axes=([0, 2], [0, 2]))
+    loop = np.zeros((c, c))
+    for ai, bi in zip(a, b, strict=True):
+        loop += ai @ bi.T
+    if c < stats.WIDE:
+        assert np.array_equal(got, loop)
+    assert np.allclose(got, ref, rtol=0, atol=2e-5 * np.abs(ref).max())

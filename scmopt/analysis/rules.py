@@ -200,7 +200,11 @@ def shrink_folds(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
     folded = [u for u, a in s.plan.actions.items() if a.kind == "folded"]
     if not folded or cur.risk is None:
         return cur
-    s.analyse_stats(len(traj) + 200)
+    reused = s.reused_stats()  # the last polish refit's pass, same removed set
+    if reused is not None:
+        s.stats = reused
+    else:
+        s.analyse_stats(len(traj) + 200)
     consts = s.refit_removed(fold=False)
     best, best_m = None, cur
     for lam in s.cfg.shrink:
