@@ -96,7 +96,7 @@ def test_bound_runs_equal_plain_runs_count_and_reuse_uploads():
 
 
 def test_hooked_runs_through_the_binding_give_the_same_numbers():
-    """The hot loop of statistics and checks (HookedModel.run, plan M/B and zero perturbations
+    """The hot loop of statistics and checks (HookedModel.run, plan inputs and zero perturbations
     reused on the device) on the binding path equals the plain path on the CPU provider."""
     from plans import random_plan
 
@@ -115,4 +115,5 @@ def test_hooked_runs_through_the_binding_give_the_same_numbers():
     for out in (bound, again):
         np.testing.assert_array_equal(out[0], plain[0])
         assert all(np.array_equal(out[1][t], plain[1][t]) for t in plain[1])
-    assert runner.sess.uploads == len(runner.sites) * 3  # M, B, zero delta per site, once
+    # the plan hook's rows, parents, coefficients and offsets, and the zero delta, once a site
+    assert runner.sess.uploads == len(runner.sites) * 5

@@ -32,7 +32,7 @@ from onnx import helper
 
 from scmopt.io.graph import infer_shapes
 from scmopt.runtime import sessions as runtime
-from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook
+from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook, is_plan_input
 from scmopt.units.analysis import UnitGraph
 
 Feeds = dict[str, np.ndarray]
@@ -164,7 +164,7 @@ class Prober:
 
     def _plan(self, plan_feeds: Feeds) -> Feeds:
         """Plan feeds renamed for this model's hooks (same names as the Runner's)."""
-        return {k: v for k, v in plan_feeds.items() if k.endswith("::M") or k.endswith("::B")}
+        return {k: v for k, v in plan_feeds.items() if is_plan_input(k)}
 
     def base(self, cut: str, cache: Feeds) -> np.ndarray:
         """Values of the cut as the readers see them (after the plan), [n, C, P]."""
@@ -217,9 +217,9 @@ class Prober:
 
     def _run_sub(self, sess, feeds: Feeds, n: int) -> np.ndarray:
         if self.batched:  # the plan's M and B stay on the device between probes
-            plan = [k for k in feeds if k.endswith("::M") or k.endswith("::B")]
+            plan = [k for k in feeds if is_plan_input(k)]
             return sess.run_bound([self.output], feeds, plan)[0].reshape(n, -1)
-        batch = {k for k, v in feeds.items() if not (k.endswith("::M") or k.endswith("::B"))}
+        batch = {k for k in feeds if not is_plan_input(k)}
         rows = [
             sess.run([self.output], {k: (v[i : i + 1] if k in batch else v)
                                      for k, v in feeds.items()})[0]

@@ -32,6 +32,7 @@ from scmopt.evaluation.interchange import (
 from scmopt.evaluation.metrics import Metrics
 from scmopt.evaluation.sampler import InterventionSampler
 from scmopt.plan import Plan
+from scmopt.runtime.hooks import plan_inputs
 from scmopt.units.analysis import UnitGraph
 
 __all__ = ["Evaluator", "Metrics", "Runner", "ancestors", "kept_mask", "measure", "sites",
@@ -85,14 +86,7 @@ class Runner(HookedModel):
             return self._identity
         feeds = {}
         for t in self.sites:
-            names = self.hooked.inputs[t]
-            cut = self.ug.cuts[t]
-            if plan is not None and plan.touches(cut):
-                m, b = plan.cut_affine(cut)
-            else:
-                m, b = np.eye(cut.channels), np.zeros((cut.channels, 1))
-            feeds[names["M"]] = m.astype(np.float32)
-            feeds[names["B"]] = b.astype(np.float32)
+            feeds.update(plan_inputs(self.hooked.inputs[t], self.ug.cuts[t], plan))
         return feeds
 
     def network(self, plan: Plan | None) -> Network:

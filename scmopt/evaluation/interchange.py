@@ -32,6 +32,7 @@ from scmopt.io.data import token_positions
 from scmopt.plan import Plan
 from scmopt.runtime import sessions as runtime
 from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook
+from scmopt.runtime.hooks import plan_inputs as plan_feeds_of
 from scmopt.units.analysis import UnitGraph
 
 Feeds = dict[str, np.ndarray]
@@ -114,9 +115,7 @@ class HookedModel:
         fixed = {}
         if plan_inputs:  # the identity plan
             for t in self.sites:
-                c = self.channels[t]
-                fixed[self.hooked.inputs[t]["M"]] = np.eye(c, dtype=np.float32)
-                fixed[self.hooked.inputs[t]["B"]] = np.zeros((c, 1), np.float32)
+                fixed.update(plan_feeds_of(self.hooked.inputs[t], self.ug.cuts[t], None))
         _, caps = self.run(take(probe, slice(0, 1)), fixed, capture=True)
         per_sample = sum(v.nbytes for v in caps.values()) + 1
         return max(1, int(self.CAPTURE_BYTES // per_sample))
