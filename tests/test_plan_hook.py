@@ -1,7 +1,9 @@
 """The sparse plan hook (runtime.hooks: only the replaced rows, gathered from their parents and
 scattered back) computes what the dense M @ X + B hook computes, as constants (simulate, the
 reference semantics) and as inputs (the analysis runner), and the identity feeds give the
-original network's outputs (to float rounding: onnxruntime fuses differently around hooks)."""
+original network's outputs (to float rounding: onnxruntime fuses differently around hooks).
+The zoo's cuts are below SPARSE_CHANNELS, so the tests lower it to 0; that the sparse form is
+chosen only from it on is checked on a wide fixture."""
 
 from __future__ import annotations
 
@@ -17,6 +19,12 @@ from scmopt.units import analysis as units
 
 MODELS = ["mlp_digits", "cnn_digits", "resnet_digits", "mobile_digits", "vit_digits",
           "text_encoder"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _sparse_everywhere(monkeypatch):
+    """The zoo's cuts are narrower than SPARSE_CHANNELS: make every hook sparse."""
+    monkeypatch.setattr(hooks, "SPARSE_CHANNELS", 0)
 
 
 def _dense(monkeypatch) -> None:
@@ -65,3 +73,18 @@ def test_identity_plan_gives_the_original(name):
     assert {"rows", "idx", "coef", "B"} <= set(roles)
     got = runner.network(None).run(feeds)[0]
     assert relative_error([got], [outputs(model, feeds)[0]]) <= 1e-5
+
+
+def test_only_wide_cuts_get_the_sparse_hook(monkeypatch):
+    from models import load_split, model_path
+    from scmopt.io import graph
+
+    monkeypatch.setattr(hooks, "SPARSE_CHANNELS", 64)  # cnn_digits: cuts of 16 to 64 channels
+    ug = units.analyze(graph.load(model_path("cnn_digits")))
+    feeds = {k: v[:4] for k, v in load_split("cnn_digits", "test").items() if k != "y"}
+    runner = Runner(ug, feeds, device="cpu")
+    for t in runner.sites:
+        wide = ug.cuts[t].channels >= 64
+        assert ("rows" in runner.hooked.inputs[t]) == wide, t
+        assert ("M" in runner.hooked.inputs[t]) != wide, t
+    assert {("rows" in runner.hooked.inputs[t]) for t in runner.sites} == {True, False}

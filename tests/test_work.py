@@ -115,5 +115,9 @@ def test_hooked_runs_through_the_binding_give_the_same_numbers():
     for out in (bound, again):
         np.testing.assert_array_equal(out[0], plain[0])
         assert all(np.array_equal(out[1][t], plain[1][t]) for t in plain[1])
-    # the plan hook's rows, parents, coefficients and offsets, and the zero delta, once a site
-    assert runner.sess.uploads == len(runner.sites) * 5
+    # each site's plan inputs (M, B at these narrow cuts) and its zero delta, once
+    from scmopt.runtime.hooks import PLAN_ROLES
+
+    per_site = [sum(r in PLAN_ROLES for r in runner.hooked.inputs[t]) + 1 for t in runner.sites]
+    assert per_site == [3] * len(runner.sites)
+    assert runner.sess.uploads == sum(per_site)

@@ -15,12 +15,13 @@ unit is a function of its kept neighbours: when they are swapped it follows them
 the compiled model (whose consumers read the patched neighbours) does. `simulate` (plan as
 constants, nothing else) is the reference semantics of a plan: the compiler must reproduce it.
 
-The plan hook computes only the replaced rows R (opset >= 13): each is a gather of its fold
-parents (at most a few) times their coefficients plus its offset, scattered back into X. The
-dense form M @ X + B (opset < 13) cost C^2 P per sample at every hooked cut, more than the
+At cuts of >= SPARSE_CHANNELS channels (opset >= 13) the plan hook computes only the replaced
+rows R: each is a gather of its fold parents (at most a few) times their coefficients plus its
+offset, scattered back into X. The dense form M @ X + B costs C^2 P per sample, more than the
 network itself at wide cuts (EfficientNet-Lite1: 1.35 G multiply-adds per sample for the 44
 hooks against the network's 0.6 G), and every analysis pass paid it even where nothing was
-removed. Runs feed the rows as inputs (plan_inputs) or carry them as constants ("const").
+removed; at narrow cuts with many positions it is the faster of the two. Runs feed the rows as
+inputs (plan_inputs) or carry them as constants ("const").
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def hook(
         if spec.plan != "none":
             if spec.plan == "const" and plan is None:
                 raise ScmoptError("plan hooks need a plan")
-            x = _plan_hook(t, cut, spec, plan, x, c, p_dim, sparse, names, g, step)
+            wide = sparse and c >= SPARSE_CHANNELS
+            x = _plan_hook(t, cut, spec, plan, x, c, p_dim, wide, names, g, step)
         if spec.perturb:
             delta = f"{t}::delta"
             g.input.append(helper.make_tensor_value_info(delta, TensorProto.FLOAT, ["N", c, p_dim]))
@@ -134,6 +136,9 @@ def hook(
 
 PLAN_ROLES = ("M", "B", "rows", "idx", "coef")  # the plan hook's inputs, dense or sparse
 SPARSE_OPSET = 13  # ReduceSum with axes as an input
+# channels from which a cut's plan hook is sparse: below, the dense product (multi-threaded
+# BLAS, c^2 per position) is cheaper than the gather/scatter (memory-bound, one thread)
+SPARSE_CHANNELS = 256
 
 
 def is_plan_input(name: str) -> bool:
