@@ -88,3 +88,20 @@ def test_only_wide_cuts_get_the_sparse_hook(monkeypatch):
         assert ("rows" in runner.hooked.inputs[t]) == wide, t
         assert ("M" in runner.hooked.inputs[t]) != wide, t
     assert {("rows" in runner.hooked.inputs[t]) for t in runner.sites} == {True, False}
+
+
+def test_search_with_sparse_runner_and_dense_prober():
+    """The runner's hooks sparse, the curvature prober's dense (its own plan inputs): a search
+    runs and removes the same units as with dense hooks everywhere."""
+    from scmopt.analysis.config import SearchConfig
+    from scmopt.analysis.search import _Search, search
+
+    model, feeds = zoo("cnn_digits", n=256)
+    ug = units.analyze(model)
+    s = _Search(ug, feeds, None, SearchConfig(keep=0.5), None)
+    assert all("rows" in s.runner.hooked.inputs[t] for t in s.runner.sites)
+    assert all("M" in s.prober.inputs[t] for t in s.runner.sites)
+    sparse = search(ug, feeds, keep=0.5).plan
+    hooks.SPARSE_CHANNELS = 10**6  # restored by the autouse fixture's monkeypatch
+    dense = search(ug, feeds, keep=0.5).plan
+    assert sorted(sparse.removed) == sorted(dense.removed)

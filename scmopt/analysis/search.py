@@ -169,7 +169,7 @@ class _Search:
         if self.progress:  # progress lines name the stage that runs (not the last "stats")
             self.progress("curvature probes", 0, 1)
         with work.stage("curvature probes"):
-            sc = self.scorer.score(stats, self.plan, self.runner.plan_feeds(self.plan),
+            sc = self.scorer.score(stats, self.plan, self.prober.plan_feeds(self.plan),
                                    self.candidates(), self.criterion, fold=self.fold,
                                    out_var=self.out_var, focus=focus,
                                    round_seed=round_)  # fmt: skip

@@ -66,18 +66,19 @@ def hook(
     model: onnx.ModelProto | None = None,
     channels: dict[str, int] | None = None,
     kept: dict[str, np.ndarray] | None = None,
+    sparse: bool = True,
 ) -> Hooked:
     """Returns `model` (default: the unit graph's canonical model) with hooks on `specs`' cuts.
 
     For hooking a compiled model whose cuts lost their removed units (its cut tensors keep
     their names): `kept` gives each cut's kept channel indices; `channels` only a count, which
-    is enough for channel-major layouts.
+    is enough for channel-major layouts. sparse=False: dense plan hooks at every cut.
     """
     model = copy.deepcopy(ug.model if model is None else model)
     g = model.graph
     producer = {out: i for i, n in enumerate(g.node) for out in n.output}
     result = Hooked(model)
-    sparse = opset(model) >= SPARSE_OPSET
+    sparse = sparse and opset(model) >= SPARSE_OPSET
     inserts: dict[int, list[onnx.NodeProto]] = {}
     for t, spec in specs.items():
         cut = ug.cuts[t]
