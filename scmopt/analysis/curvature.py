@@ -32,7 +32,7 @@ from onnx import helper
 
 from scmopt.io.graph import infer_shapes
 from scmopt.runtime import sessions as runtime
-from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook, is_plan_input, plan_inputs
+from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook, is_plan_input, plan_feeds
 from scmopt.units.analysis import UnitGraph
 
 Feeds = dict[str, np.ndarray]
@@ -168,10 +168,7 @@ class Prober:
     def plan_feeds(self, plan) -> Feeds:
         """This model's plan inputs for `plan` (its hooks are dense at every cut, the
         Runner's sparse at wide ones: the two take different inputs)."""
-        feeds: Feeds = {}
-        for t in self.sites:
-            feeds.update(plan_inputs(self.inputs[t], self.ug.cuts[t], plan))
-        return feeds
+        return plan_feeds(self.inputs, self.ug, self.sites, plan)
 
     def _plan(self, plan_feeds: Feeds) -> Feeds:
         """The plan inputs among `plan_feeds` (Prober.plan_feeds, or a Runner's where every

@@ -32,7 +32,7 @@ from scmopt.evaluation.interchange import (
 from scmopt.evaluation.metrics import Metrics
 from scmopt.evaluation.sampler import InterventionSampler
 from scmopt.plan import Plan
-from scmopt.runtime.hooks import plan_inputs
+from scmopt.runtime.hooks import plan_feeds
 from scmopt.units.analysis import UnitGraph
 
 __all__ = ["Evaluator", "Metrics", "Runner", "ancestors", "kept_mask", "measure", "sites",
@@ -81,13 +81,10 @@ class Runner(HookedModel):
         self._identity = self.plan_feeds(None)
 
     def plan_feeds(self, plan: Plan | None) -> Feeds:
-        """M and B of every site for `plan` (None: the original network)."""
+        """The plan inputs of every site for `plan` (None: the original network)."""
         if plan is None and getattr(self, "_identity", None) is not None:
             return self._identity
-        feeds = {}
-        for t in self.sites:
-            feeds.update(plan_inputs(self.hooked.inputs[t], self.ug.cuts[t], plan))
-        return feeds
+        return plan_feeds(self.hooked.inputs, self.ug, self.sites, plan)
 
     def network(self, plan: Plan | None) -> Network:
         """The network of `plan` (None: the original) on this session."""

@@ -200,9 +200,12 @@ def shrink_folds(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
     folded = [u for u, a in s.plan.actions.items() if a.kind == "folded"]
     if not folded or cur.risk is None:
         return cur
-    reused = s.reused_stats()  # the last polish refit's pass, same removed set
-    if reused is not None:
-        s.stats = reused
+    # the last polish refit's statistics stand for a new pass when it removed the same units
+    # and they hold the original's values: those depend on which units are removed (the
+    # interchanges' kept masks), not on how they are replaced, and the constants fit to them
+    removed, stats = s.refit_stats or (None, None)
+    if removed == frozenset(s.plan.removed) and all(c.original for c in stats.cuts.values()):
+        s.stats = stats
     else:
         s.analyse_stats(len(traj) + 200)
     consts = s.refit_removed(fold=False)

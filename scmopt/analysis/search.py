@@ -124,8 +124,8 @@ class _Search:
         self.out_var: float | None = None
         self.scores: dict[str, float] = {}
         # the statistics of the last `refitted` plan and its removed set: the original's
-        # values in them depend on the removed set alone (reused_stats)
-        self._refit_stats: tuple[frozenset[str], Stats] | None = None
+        # values in them depend on the removed set alone (rules.shrink_folds reuses them)
+        self.refit_stats: tuple[frozenset[str], Stats] | None = None
         self._add("setup", t0)
 
     # the options the rounds read, from the one config
@@ -353,29 +353,15 @@ class _Search:
         """`plan` with every removed unit refitted toward the original's values under the
         statistics of `plan` itself, and its held-out metrics; the search state is unchanged."""
         saved = self.plan, self.stats
-        self._refit_stats = None  # at most two sets of moments alive (memory)
+        self.refit_stats = None  # at most two sets of moments alive (memory)
         try:
             self.plan = plan
             self.analyse_stats(stats_round)
             refit = self.refit_removed()
-            self._refit_stats = frozenset(plan.removed), self.stats
+            self.refit_stats = frozenset(plan.removed), self.stats
         finally:
             self.plan, self.stats = saved
         return refit, self.measure(refit, interventions=interventions)
-
-    def reused_stats(self) -> Stats | None:
-        """The last refit's statistics when they hold the original network's values and the
-        current plan removes the same units: the original's moments (what constants toward
-        the original are fitted to) depend on which units are removed (the interchanges'
-        kept masks) and not on how they are replaced, so they stand for a new pass."""
-        if self._refit_stats is None:
-            return None
-        removed, stats = self._refit_stats
-        if removed != frozenset(self.plan.removed):
-            return None
-        if not all(c.original for c in stats.cuts.values()):
-            return None
-        return stats
 
     def meets(self, plan: Plan, m: Metrics) -> bool:
         """The stopping rule holds for `plan` (held-out metrics `m`). A fidelity target must also

@@ -178,6 +178,15 @@ def plan_inputs(roles: dict[str, str], cut: Cut, plan: Plan | None) -> dict[str,
             for r, v in zip(names, vals, strict=True)}  # fmt: skip
 
 
+def plan_feeds(inputs: dict[str, dict[str, str]], ug: UnitGraph, sites: list[str],
+               plan: Plan | None) -> dict[str, np.ndarray]:  # fmt: skip
+    """plan_inputs of every site of a hooked model (`inputs`: Hooked.inputs)."""
+    feeds: dict[str, np.ndarray] = {}
+    for t in sites:
+        feeds.update(plan_inputs(inputs[t], ug.cuts[t], plan))
+    return feeds
+
+
 def _compiled_layout(cut: Cut, channels: dict[str, int] | None,
                      kept: dict[str, np.ndarray] | None) -> Layout:  # fmt: skip
     """The cut's layout in the model being hooked (the original, or a compiled one)."""

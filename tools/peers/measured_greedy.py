@@ -26,7 +26,7 @@ import numpy as np
 
 from peers import companion as C
 
-Fit = Callable[[np.ndarray, np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
+Fit = Callable[..., tuple[np.ndarray, np.ndarray]]  # (a, removed, kept, p, moments)
 
 
 def _moments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,11 +36,13 @@ def _moments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, xc.T @ xc / len(x)
 
 
-def interchange_fit(a: np.ndarray, removed: np.ndarray, kept: np.ndarray, p: float
+def interchange_fit(a: np.ndarray, removed: np.ndarray, kept: np.ndarray, p: float,
+                    moments: tuple[np.ndarray, np.ndarray] | None = None,
                     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(coef [R, K], offset [R, 1]): least squares of the removed units' base values on the
-    interchanged kept values (module docstring), ridge 1e-6 of the mean variance."""
-    mu, cov = _moments(a)
+    interchanged kept values (module docstring), ridge 1e-6 of the mean variance. `moments`:
+    _moments(a), when the caller fits many sets on the same values."""
+    mu, cov = moments or _moments(a)
     ckk = cov[np.ix_(kept, kept)] * ((1 - p) ** 2 + p**2)
     np.fill_diagonal(ckk, np.diag(cov)[kept])
     ckk += 1e-6 * max(float(np.diag(ckk).mean()), 1e-12) * np.eye(len(kept))
@@ -48,12 +50,13 @@ def interchange_fit(a: np.ndarray, removed: np.ndarray, kept: np.ndarray, p: flo
     return coef, (mu[removed] - coef @ mu[kept])[:, None]
 
 
-def one_parent_fit(a: np.ndarray, removed: np.ndarray, kept: np.ndarray, p: float
+def one_parent_fit(a: np.ndarray, removed: np.ndarray, kept: np.ndarray, p: float,
+                   moments: tuple[np.ndarray, np.ndarray] | None = None,
                    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(coef [R, K] with at most one non-zero per row, offset [R, 1]): each removed unit on the
     kept unit of largest squared correlation, plain least squares (p is not used: under the
     cell alignment a unit moves with its parent). A unit no kept unit explains is a constant."""
-    mu, cov = _moments(a)
+    mu, cov = moments or _moments(a)
     var = np.diag(cov)
     v = var[kept]
     c = cov[np.ix_(removed, kept)]
@@ -66,11 +69,11 @@ def one_parent_fit(a: np.ndarray, removed: np.ndarray, kept: np.ndarray, p: floa
     return coef, (mu[removed] - coef @ mu[kept])[:, None]
 
 
-def abstraction(a: np.ndarray, removed: list[int], fit: Fit, p: float, name: str
-                ) -> C.Abstraction:  # fmt: skip
+def abstraction(a: np.ndarray, removed: list[int], fit: Fit, p: float, name: str,
+                moments: tuple[np.ndarray, np.ndarray] | None = None) -> C.Abstraction:  # fmt: skip
     rem = np.array(sorted(removed), dtype=int)
     kept = np.setdiff1d(np.arange(a.shape[1]), rem)
-    coef, off = fit(a, rem, kept, p)
+    coef, off = fit(a, rem, kept, p, moments)
     return C.Abstraction(name, kept, rem, coef, off)
 
 
@@ -85,6 +88,7 @@ def greedy(
     fit = one_parent_fit if cells else interchange_fit
     label = name or f"measured greedy ({'cell-aligned' if cells else 'singleton'})"
     calib = C.Layer(layer.calib, layer.calib, layer.y_calib, layer.out_calib, layer.out_calib)
+    moments = _moments(layer.calib)
     removed: list[int] = []
     trace: list[float] = []
     for _ in range(layer.channels - keep):
@@ -92,10 +96,10 @@ def greedy(
         for u in range(layer.channels):
             if u in removed:
                 continue
-            ab = abstraction(layer.calib, [*removed, u], fit, p, label)
+            ab = abstraction(layer.calib, [*removed, u], fit, p, label, moments)
             score = float(C.hits(calib, ab, seed, trials, p, cells=cells).mean())
             if best is None or score > best[0]:
                 best = (score, u)
         removed.append(best[1])
         trace.append(best[0])
-    return abstraction(layer.calib, removed, fit, p, label), trace
+    return abstraction(layer.calib, removed, fit, p, label, moments), trace
