@@ -214,3 +214,16 @@ def test_released_sessions_are_made_again_with_the_same_estimates():
     assert not prober._sessions
     b = prober.directional("h", prober.cache(x, pf), pf, lambda idx: dirs[idx], 3, eps=0.05)
     np.testing.assert_array_equal(a, b)
+
+
+def test_layer_and_unit_probes_hold_no_subgraph_session_after_a_cut():
+    """Each cut's subgraph session goes once its probes are done (at ImageNet scale the 43
+    sessions held 0.9 GB); only the capture session stays, and estimates do not change."""
+    model, _ = quadratic_model()
+    ug, x, prober, pf, cache = _setup(model)
+    kept = {t: np.ones(ug.cuts[t].channels, bool) for t in prober.sites}
+    a = curv.layer(prober, cache, pf, kept, probes=4, seed=3)
+    assert set(prober._sessions) <= {""}
+    b = curv.layer(prober, cache, pf, kept, probes=4, seed=3)
+    for t in prober.sites:
+        np.testing.assert_array_equal(a.kappa[t], b.kappa[t])

@@ -140,6 +140,27 @@ def test_final_refit_never_raises_held_out_risk(mlp):
     res.plan.validate(ug)
 
 
+@pytest.mark.parametrize("gain", [0.0, 0.05, 1.0])
+def test_final_refits_stop_after_a_small_gain(mlp, gain):
+    """A refit costs a statistics pass: none follows one that lowered the held-out risk by
+    less than polish_gain of it (1.0: one refit at most; 0: until one is rejected)."""
+    ug, data = mlp
+    res = search(ug, data, keep=0.3, seed=1, device="cpu", curvature_samples=16,
+                 polish_gain=gain, shrink=())  # fmt: skip
+    risks = [r["risk"] for r in res.trajectory if not r.get("refit")][-1:]
+    refits = [r for r in res.trajectory if r.get("refit")]
+    assert 1 <= len(refits) <= 3
+    for i, r in enumerate(refits):
+        if not r["accepted"]:
+            assert i == len(refits) - 1  # a rejected refit is the last
+            break
+        risks.append(r["risk"])
+        gained = risks[-2] - risks[-1] >= gain * risks[-2]
+        assert gained or i == len(refits) - 1  # a small gain is the last refit
+    if gain == 1.0:
+        assert len(refits) == 1
+
+
 def test_probe_band_is_centred_on_the_cut_off_and_capped():
     from scmopt.analysis.rules import probe_band as _band
 

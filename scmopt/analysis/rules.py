@@ -177,7 +177,8 @@ def polish_plan(s: _Search, cur: Metrics, traj: list[dict]) -> Metrics:
     for target rules, the target still holds)."""
     if not s.plan.removed or cur.risk is None:
         return cur
-    plan, m = s.refitted(s.plan, len(traj) + 100, interventions=True)
+    # the search's statistics are not needed after it: shrink_folds reuses the refit's
+    plan, m = s.refitted(s.plan, len(traj) + 100, interventions=True, keep_stats=False)
     better = m.risk is not None and m.risk < cur.risk
     if better and s.rule in ("min_fidelity", "min_iia"):
         better = s.meets(plan, m)

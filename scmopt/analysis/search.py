@@ -165,6 +165,7 @@ class _Search:
         stats = self.analyse_stats(round_, original=toward)
         if self.out_var is None:
             self.out_var = stats.out_variance  # the original's output variance
+        self.runner.release()  # its arena is not needed by the probes and the selection
         t0 = time.perf_counter()
         if self.progress:  # progress lines name the stage that runs (not the last "stats")
             self.progress("curvature probes", 0, 1)
@@ -349,10 +350,12 @@ class _Search:
         return self.cfg.try_targets and any(c.original for c in self.stats.cuts.values())
 
     def refitted(self, plan: Plan, stats_round: int, interventions: bool,
-                 ) -> tuple[Plan, Metrics]:  # fmt: skip
+                 keep_stats: bool = True) -> tuple[Plan, Metrics]:  # fmt: skip
         """`plan` with every removed unit refitted toward the original's values under the
-        statistics of `plan` itself, and its held-out metrics; the search state is unchanged."""
-        saved = self.plan, self.stats
+        statistics of `plan` itself, and its held-out metrics; the search state is unchanged
+        but for `keep_stats=False`, which lets the current statistics go first (one set of
+        moments alive instead of two: the final refits need only theirs)."""
+        saved = self.plan, (self.stats if keep_stats else None)
         self.refit_stats = None  # at most two sets of moments alive (memory)
         try:
             self.plan = plan
@@ -483,6 +486,8 @@ def _search(ug, data, cfg: SearchConfig, progress, labels) -> SearchResult:
         before = final
         final = polish_plan(s, final, traj)
         if final is before:  # rejected: a further refit would start from the same plan
+            break
+        if final.risk > (1 - cfg.polish_gain) * before.risk:  # small gain: smaller next
             break
     if fold and cfg.shrink:
         final = shrink_folds(s, final, traj)

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper
 from scmopt.errors import ScmoptError
 from scmopt.runtime import work
 from scmopt.runtime.binding import Session
+from scmopt.runtime.shared_weights import SharedWeights
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -70,6 +71,7 @@ def session(
     threads: int | None = None,
     spinning: bool = True,
     arena: bool = True,
+    shared: SharedWeights | None = None,
 ) -> Session:
     """An inference session for an in-memory model (no file round-trip), as a
     runtime.binding.Session (counted runs, an IOBinding path).
@@ -77,6 +79,7 @@ def session(
     `spinning=False` stops worker threads from busy-waiting after a run, which leaves the
     cores to numpy when analysis interleaves many short calls with array work. `arena=False`
     returns memory after each run instead of keeping the largest run's in a CPU arena.
+    `shared`: the store the model's stripped initializers refer to (runtime.shared_weights).
     """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -85,6 +88,8 @@ def session(
         opts.intra_op_num_threads = threads
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if shared is not None:
+        opts.add_external_initializers(*shared.feeds_for(model))
     try:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers(device))
         return Session(sess, work.share_for(model))  # counted in FPE when a ledger is active
