@@ -194,3 +194,63 @@ def test_gram_sums_every_sample(c, p):
     if c < stats.WIDE:
         assert np.array_equal(got, loop)
     assert np.allclose(got, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+def test_the_original_values_are_cached_whole_or_not_at_all(monkeypatch):
+    """The Runner keeps the original's site values between statistics rounds only when the
+    whole split's fit in CACHE_BYTES (a part would hold memory through the probes for a part
+    of a pass); the moments are the same either way."""
+    ug = analyze(graph.load(model_path("cnn_digits")))
+    data = {k: v[:96] for k, v in load_split("cnn_digits").items() if k != "y"}
+    unit = ug.cuts[sites(ug)[0]].units[0]
+    from scmopt.plan import Plan
+
+    plan = Plan().set_constant(unit, {t: 0.0 for t in ug.units[unit].cuts})
+    whole = Runner(ug, data, device="cpu", batch_size=32)
+    a = collect(whole, data, plan, p=0.5, seed=0, original=True)
+    cached = whole.__dict__["_orig_caps"]
+    assert len(cached) == 3  # all three batches
+    per_sample = sum(v.nbytes for v in next(iter(cached.values()))[1].values()) / 32
+    part = Runner(ug, data, device="cpu", batch_size=32)
+    monkeypatch.setattr(Runner, "CACHE_BYTES", int(per_sample * 64))  # two of the three fit
+    b = collect(part, data, plan, p=0.5, seed=0, original=True)
+    assert not part.__dict__["_orig_caps"]
+    for t in a.cuts:
+        np.testing.assert_array_equal(a.cuts[t].plain.s2, b.cuts[t].plain.s2)
+        np.testing.assert_array_equal(a.cuts[t].up.s2, b.cuts[t].up.s2)
+
+
+def test_forgetting_a_targets_blocks_changes_no_fit():
+    """Stats.forget drops the covariance blocks and fold selections of one fit target; fits
+    asked for again are recomputed to the same numbers."""
+    from scmopt.analysis.fits import fit_cut
+    from scmopt.analysis.stats import Values
+    from scmopt.plan import Plan
+
+    ug = analyze(graph.load(model_path("cnn_digits")))
+    data = {k: v[:96] for k, v in load_split("cnn_digits").items() if k != "y"}
+    cut = sites(ug)[1]
+    unit = ug.cuts[sites(ug)[0]].units[0]
+    plan = Plan().set_constant(unit, {t: 0.0 for t in ug.units[unit].cuts})
+    st = collect(Runner(ug, data, device="cpu"), data, plan, p=0.5, seed=0, original=True)
+    cs = st.cuts[cut]
+    kept = set(ug.units) - {ug.cuts[cut].units[0]}
+    targets = list(ug.cuts[cut].units)
+
+    def fits(target):
+        return fit_cut(ug, cs, targets, kept, fold=True, target=target)
+
+    before = {t: fits(t) for t in (Values.ORIGINAL, Values.PLAN)}
+    assert all(any(f.pred for f in b.values()) for b in before.values())  # folds, not constants
+    reads = {k for k in cs.memo if isinstance(k, tuple) and Values.ORIGINAL in k[1:]}
+    assert reads and any(k[0] == "fold" for k in reads)
+    st.forget(Values.ORIGINAL)
+    assert not reads & set(cs.memo)
+    assert any(isinstance(k, tuple) and Values.PLAN in k[1:] for k in cs.memo)
+    for t in (Values.ORIGINAL, Values.PLAN):
+        after = fits(t)
+        for j, f in before[t].items():
+            assert after[j].pred == f.pred and after[j].resid == f.resid
+            np.testing.assert_array_equal(after[j].mean, f.mean)
+            np.testing.assert_array_equal(after[j].offset, f.offset)
+            np.testing.assert_array_equal(after[j].coef, f.coef)

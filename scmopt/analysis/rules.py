@@ -124,6 +124,7 @@ def _best_target(s: _Search, sc, how: dict, try_both: bool):
     m = None
     if try_both and s.targets():
         m = s.measure(plan)
+        s.stats.forget(Values.ORIGINAL)  # memory: the plan target's blocks come next
         alt_units, alt, alt_pred = s.choose(s.retarget(sc, Values.PLAN), target=Values.PLAN,
                                             **how)  # fmt: skip
         if alt_units:

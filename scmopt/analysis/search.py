@@ -165,7 +165,6 @@ class _Search:
         stats = self.analyse_stats(round_, original=toward)
         if self.out_var is None:
             self.out_var = stats.out_variance  # the original's output variance
-        self.runner.release()  # its arena is not needed by the probes and the selection
         t0 = time.perf_counter()
         if self.progress:  # progress lines name the stage that runs (not the last "stats")
             self.progress("curvature probes", 0, 1)

@@ -284,6 +284,16 @@ class Stats:
     out_variance: float  # E||f - E f||^2 on plain inputs (original network... under the plan)
     n: int
 
+    def forget(self, values: Values) -> None:
+        """Drops the cached covariance blocks and fold selections (analysis.fits) that read
+        `values`; asked for again they are recomputed from the moments (the same numbers). A
+        round that tries both fit targets holds one target's at a time (EfficientNet-Lite1:
+        a [C, C] block over all cuts is 93 MB)."""
+        for cs in self.cuts.values():
+            for key in [k for k in cs.memo if isinstance(k, tuple) and k[0] in ("cov", "fold")
+                        and values in k[1:]]:  # fmt: skip
+                del cs.memo[key]
+
 
 def token_weights(ug, cut: str, mask: np.ndarray | None, rows, positions: int
                   ) -> np.ndarray | None:  # fmt: skip

@@ -92,8 +92,12 @@ class HookedModel:
         specs = {t: HookSpec(plan="input" if plan_inputs else "none", perturb=True, capture=True)
                  for t in self.sites}  # fmt: skip
         self.hooked = hook(ug, specs, model=dyn if self.batched else src, kept=kept)
-        self.device = device
-        self._sess = runtime.session(self.hooked.model, device, spinning=False)
+        # no CPU arena: it would keep its largest run's memory between runs (EfficientNet-
+        # Lite1's statistics passes: 1.3-1.8 GB, held through the curvature probes); dropping
+        # and remaking the session after each pass instead raised the peak (9.3 GB, against
+        # 7.3) while runs without the arena cost about the same (a plain pass of 120 Lite1
+        # samples: RSS after 0.82 GB against 1.30, peak 1.78 against 2.09)
+        self.sess = runtime.session(self.hooked.model, device, spinning=False, arena=False)
         self.output = self.hooked.model.graph.output[0].name
         self.kept = kept
         self._zero: dict[tuple[str, int], np.ndarray] = {}
@@ -102,21 +106,6 @@ class HookedModel:
             for t in self.sites
         }
         self.max_batch = self._max_batch(probe, plan_inputs)
-
-    @property
-    def sess(self):
-        """The session, made again after `release`."""
-        if self._sess is None:
-            self._sess = runtime.session(self.hooked.model, self.device, spinning=False)
-        return self._sess
-
-    def release(self) -> None:
-        """Drops the session and with it the memory its CPU arena keeps at its largest run's
-        size (EfficientNet-Lite1's statistics passes: 1.3-1.8 GB, held through the curvature
-        probes that follow). The arena stays on while a pass runs: runs are 15% faster with it
-        (one plain pass of Lite1's fit split: 7.1 s against 8.2 s)."""
-        self._sess = None
-        runtime.return_memory()
 
     # site values one run may return (sets max_batch); a statistics round holds about six
     # such sets at once (plan and original: bases, sources, swaps)
