@@ -95,8 +95,9 @@ class HookedModel:
         # no CPU arena: it would keep its largest run's memory between runs (EfficientNet-
         # Lite1's statistics passes: 1.3-1.8 GB, held through the curvature probes); dropping
         # and remaking the session after each pass instead raised the peak (9.3 GB, against
-        # 7.3) while runs without the arena cost about the same (a plain pass of 120 Lite1
-        # samples: RSS after 0.82 GB against 1.30, peak 1.78 against 2.09)
+        # 7.3). The cost is time: Lite1 --keep 0.5 peaked at 5.1 GB without the arena, and its
+        # held-out checks took 177 s against 99, its statistics 304 s against 244 (BENCHMARKS
+        # §21); an arena shrunk after each pass would keep both (not tried)
         self.sess = runtime.session(self.hooked.model, device, spinning=False, arena=False)
         self.output = self.hooked.model.graph.output[0].name
         self.kept = kept
