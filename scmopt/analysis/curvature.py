@@ -117,8 +117,8 @@ class Prober:
         self.subs: dict[str, onnx.ModelProto] = {}
         self.externals: dict[str, list[str]] = {}
         wanted: list[str] = []
-        # the subgraphs' weights are held once and shared by their sessions (771 MB of protos
-        # and 1.57 GB of sessions at EfficientNet-Lite1 otherwise)
+        # the subgraphs' and the capture model's weights are held once and shared by their
+        # sessions (771 MB of protos and 1.57 GB of sessions at EfficientNet-Lite1 otherwise)
         self.weights = SharedWeights()
         for t in sites:
             sub, ext = _downstream(model, t, self.output, types)
@@ -133,7 +133,7 @@ class Prober:
             if e not in have:
                 cap.graph.output.append(helper.make_tensor_value_info(e, types.get(e, 1), None))
         self.capture_names = [self.output] + wanted
-        self.capture_model = cap
+        self.capture_model = self.weights.strip(cap)
         self._sessions: dict[str, object] = {}
 
     def _session(self, key: str):
@@ -141,9 +141,8 @@ class Prober:
             model = self.capture_model if key == "" else self.subs[key]
             # no arena: each of these sessions would keep its largest probe batch's memory
             # (squeezenet, 32 samples of 224x224: peak RSS 12.9 GB with arenas, 2.5 GB without)
-            shared = None if key == "" else self.weights
             self._sessions[key] = runtime.session(model, self.device, spinning=False, arena=False,
-                                                  shared=shared)  # fmt: skip
+                                                  shared=self.weights)  # fmt: skip
         return self._sessions[key]
 
     def release(self, key: str | None = None) -> None:

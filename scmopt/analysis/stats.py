@@ -184,7 +184,8 @@ class CutStats:
     p: float
     original: bool = False  # moments hold [plan; original] values (2C channels), see collect
     # results derived from these moments alone (covariances, fold selections): valid as long
-    # as the moments are, so they live and die with them
+    # as the moments are, so they live and die with them; a tuple key holds the Values it
+    # reads (Stats.forget drops by them)
     memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -290,8 +291,7 @@ class Stats:
         round that tries both fit targets holds one target's at a time (EfficientNet-Lite1:
         a [C, C] block over all cuts is 93 MB)."""
         for cs in self.cuts.values():
-            for key in [k for k in cs.memo if isinstance(k, tuple) and k[0] in ("cov", "fold")
-                        and values in k[1:]]:  # fmt: skip
+            for key in [k for k in cs.memo if isinstance(k, tuple) and values in k]:
                 del cs.memo[key]
 
 

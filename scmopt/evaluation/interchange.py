@@ -31,8 +31,7 @@ from scmopt.evaluation.sampler import InterventionSampler
 from scmopt.io.data import token_positions
 from scmopt.plan import Plan
 from scmopt.runtime import sessions as runtime
-from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook
-from scmopt.runtime.hooks import plan_feeds as identity
+from scmopt.runtime.hooks import HookSpec, dynamic_batch, hook, plan_feeds
 from scmopt.units.analysis import UnitGraph
 
 Feeds = dict[str, np.ndarray]
@@ -118,7 +117,7 @@ class HookedModel:
         Lite1: 256 samples per run reached 10.6 GB). Measured on one probe sample."""
         if not self.sites:
             return 1 << 30
-        fixed = identity(self.hooked.inputs, self.ug, self.sites, None) if plan_inputs else {}
+        fixed = plan_feeds(self.hooked.inputs, self.ug, self.sites, None) if plan_inputs else {}
         _, caps = self.run(take(probe, slice(0, 1)), fixed, capture=True)
         per_sample = sum(v.nbytes for v in caps.values()) + 1
         return max(1, int(self.CAPTURE_BYTES // per_sample))

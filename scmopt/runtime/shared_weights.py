@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
+from onnx.external_data_helper import set_external_data, uses_external_data
 
 LOCATION = "scmopt-shared-weights"  # an external-data location no file is ever read from
 # small tensors (shapes, axes, scalars) stay inline: onnxruntime reads some at load time
@@ -42,17 +43,13 @@ class SharedWeights:
         for init in model.graph.initializer:
             if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < MIN_ELEMENTS:
                 continue
-            if init.data_location == TensorProto.EXTERNAL:
-                continue
+            if uses_external_data(init) or not init.HasField("raw_data"):
+                continue  # already a reference; typed-field data stays inline
             if init.name not in self.values:
                 array = np.ascontiguousarray(numpy_helper.to_array(init))
                 self.values[init.name] = ort.OrtValue.ortvalue_from_numpy(array)
-            for field in ("raw_data", "float_data"):
-                init.ClearField(field)
-            init.data_location = TensorProto.EXTERNAL
-            del init.external_data[:]
-            entry = init.external_data.add()
-            entry.key, entry.value = "location", LOCATION
+            set_external_data(init, LOCATION)
+            init.ClearField("raw_data")
         return onnx.ModelProto.FromString(model.SerializeToString())
 
     def feeds_for(self, model: onnx.ModelProto) -> tuple[list[str], list[ort.OrtValue]]:
@@ -66,6 +63,6 @@ class SharedWeights:
 
 def is_shared(init: TensorProto) -> bool:
     """True when `init`'s data is a reference to a SharedWeights store."""
-    return init.data_location == TensorProto.EXTERNAL and any(
+    return uses_external_data(init) and any(
         e.key == "location" and e.value == LOCATION for e in init.external_data
     )
