@@ -117,6 +117,61 @@ def test_fd_matches_quadratic_jacobian():
     assert _rel(jd, exact) < 1e-3  # central differences are exact on quadratics
 
 
+def test_forward_differences_exact_on_linear_and_first_order_on_quadratic():
+    """Forward differences: exact on a linear network; on a quadratic one the error is
+    eps * (d^T H d) / 2 per sample, first order in eps (central ones cancel it)."""
+    model, w = linear_model()
+    ug, x, prober, pf, cache = _setup(model)
+    jac = w["W3"] @ w["W2"]
+    dirs = np.random.default_rng(3).normal(size=(4, 16, ug.cuts["h"].channels, 1))
+    dirs = dirs.astype(np.float32)
+    jd = prober.directional("h", cache, pf, lambda idx: dirs[idx], 4, eps=0.05, central=False)
+    assert _rel(jd, np.einsum("oc,mnc->mno", jac, dirs[..., 0])) < 1e-3
+
+    model, w = quadratic_model()
+    ug, x, prober, pf, cache = _setup(model)
+    z = (x["x"] @ w["W1"].T + w["b1"]) @ w["W2"].T + w["b2"]
+    dirs = np.random.default_rng(4).normal(size=(5, 16, 6, 1)).astype(np.float32)
+    jac = np.einsum("oj,nj,jc->noc", w["W3"], 2 * z, w["W2"])
+    exact = np.einsum("noc,mnc->mno", jac, dirs[..., 0])
+    errs = []
+    for eps in (0.1, 0.05):
+        jd = prober.directional("h", cache, pf, lambda idx: dirs[idx], 5, eps=eps, central=False)
+        wd = np.einsum("jc,mnc->mnj", w["W2"], dirs[..., 0])  # the quadratic's own term
+        assert _rel(jd, exact + eps * np.einsum("oj,mnj->mno", w["W3"], wd**2)) < 1e-3
+        errs.append(_rel(jd, exact))
+    assert errs[1] == pytest.approx(errs[0] / 2, rel=0.05)
+
+
+def test_forward_differences_take_their_base_from_the_subgraph():
+    """A zero direction gives exactly zero: f(v) comes from the same subgraph as f(v + eps d),
+    not from the capture model (whose rounding would show at eps = 0.05 on weak units)."""
+    model = relu_model()
+    ug, x, prober, pf, cache = _setup(model)
+    zero = np.zeros((2, 16, ug.cuts["h"].channels, 1), np.float32)
+    jd = prober.directional("h", cache, pf, lambda idx: zero[idx], 2, eps=0.05, central=False)
+    assert np.array_equal(jd, np.zeros_like(jd))
+
+
+def test_forward_probes_run_half_the_samples_of_central_ones():
+    """m directions of n samples: 2 m n subgraph rows centrally, (m + 1) n forward."""
+    model = relu_model()
+    ug, x, prober, pf, cache = _setup(model)
+    dirs = np.random.default_rng(5).normal(size=(8, 16, ug.cuts["h"].channels, 1))
+    rows = {}
+    for central in (True, False):
+        calls = []
+        real = prober._run_sub
+        prober._run_sub = lambda sess, feeds, n, real=real, calls=calls: (
+            calls.append(n) or real(sess, feeds, n)
+        )
+        prober.directional("h", cache, pf, lambda idx: dirs[idx].astype(np.float32), 8,
+                           eps=0.05, central=central)  # fmt: skip
+        prober._run_sub = real
+        rows[central] = sum(calls)
+    assert rows == {True: 2 * 8 * 16, False: (8 + 1) * 16}
+
+
 def test_unit_estimator_kappa_matches_analytic():
     model, w = quadratic_model()
     ug, x, prober, pf, cache = _setup(model)

@@ -17,16 +17,18 @@ def probe_budget(ug: UnitGraph, prober: Prober, fit: dict[str, np.ndarray], k: i
                  cfg: SearchConfig) -> tuple[int | None, int]:  # fmt: skip
     """(layer-screen samples, per-unit probe cap) so that each costs at most cfg.probe_fpe
     passes over the fit split per round. A probe of k samples on the subgraph below cut t
-    costs 2 k share_t / n (central differences; share_t its part of the model's MACs); the
-    screen makes `layer_probes` (4) of them per cut, the band one per probed unit."""
+    costs r k share_t / n (r = 2 runs for central differences, 1 for forward ones, which also
+    run the base once per cut; share_t its part of the model's MACs); the screen makes
+    `layer_probes` (4) of them per cut, the band one per probed unit."""
     if cfg.probe_fpe is None or cfg.criterion != "curvature" or not prober.sites:
         return None, cfg.max_probes
     n = len(next(iter(fit.values())))
     macs = node_macs(ug, fit, cfg.device)
     shares = [max(work.graph_share(macs, prober.subs[t]), 1e-3) for t in prober.sites]
-    screen_cost = 4 * 2 * sum(shares) / n  # per probe sample
+    reps = 2 if cfg.central else 1
+    screen_cost = (4 * reps + (0 if cfg.central else 1)) * sum(shares) / n  # per probe sample
     screen = int(cfg.probe_fpe / screen_cost)
-    unit_cost = 2 * k * float(np.mean(shares)) / n
+    unit_cost = reps * k * float(np.mean(shares)) / n
     cap = min(cfg.max_probes, max(8, int(cfg.probe_fpe / unit_cost)))
     return (None if screen >= k else max(4, screen)), cap
 

@@ -47,11 +47,15 @@ class SearchConfig:
     rounds: int | None = None
     curvature_samples: int = 32
     eps: float = 0.05
+    # curvature probes by central finite differences (two subgraph runs per direction) instead
+    # of forward ones (one, plus one base run per cut)
+    central: bool = False
     probe_fraction: float = 0.5
     max_probes: int = 256
     # FPE per round (passes over the fit split) the layer screen and the per-unit probes may
-    # each cost: fewer screen samples and a narrower band where they would cost more
-    probe_fpe: float | None = 12.0
+    # each cost: fewer screen samples and a narrower band where they would cost more (12 with
+    # central differences; forward ones probe the same band for half of it)
+    probe_fpe: float | None = 6.0
     step: int | None = None
     max_coef: int = 6
     toward_original: bool = True

@@ -11,9 +11,11 @@ so scoring multiplies kappa by interventional variances or fold residuals, whate
 - layer:    one Frobenius norm per cut from random-sign probes, spread over units by the squared
             norms of their consumer weights (isotropic curvature at the consumer's output:
             exact for the last linear layer, blind to function-preserving rescalings);
-- unit:     per unit, central finite differences along its own replacement direction,
+- unit:     per unit, finite differences along its own replacement direction: forward,
+            J d ~= [f(a + eps d) - f(a)] / eps (the search's default: one subgraph run per
+            direction, half the central ones' cost), or central,
             J d ~= [f(a + eps d) - f(a - eps d)] / (2 eps);
-- ablation: the same code path with eps = 1, one-sided: the exact effect of the replacement.
+- ablation: the forward code path with eps = 1: the exact effect of the replacement.
 
 All probes go through `Prober`: the part of the network below each cut, extracted from the
 plan-hooked model (so downstream replacements apply) and fed with cached upstream tensors;
@@ -199,7 +201,11 @@ class Prober:
         eps: float,
         central: bool = True,
     ) -> np.ndarray:
-        """J d estimates [count, n, O] for directions make(idx) -> [len(idx), n, C, P]."""
+        """J d estimates [count, n, O] for directions make(idx) -> [len(idx), n, C, P]: central
+        differences (f(v + eps d) - f(v - eps d)) / 2 eps, two subgraph runs per direction, or
+        forward ones (f(v + eps d) - f(v)) / eps, one run per direction plus one of f(v). f(v)
+        is the subgraph's own output, not the capture model's: the two graphs round apart
+        (~1e-6 of |f|), which at eps = 0.05 would swamp the J d of units with little effect."""
         raw = cache[cut]
         n = raw.shape[0]
         shape = raw.shape[1:]
@@ -211,7 +217,16 @@ class Prober:
         copies = min(self.max_batch, self.max_elements // max(1, int(np.prod(shape))))
         k = max(1, copies // max(1, n * reps_per_dir))
         out = np.empty((count, n, _out_size(cache[self.output])), np.float64)
-        f0 = cache[self.output].reshape(n, -1).astype(np.float64)
+
+        def run(v: np.ndarray, reps: int) -> np.ndarray:
+            """The subgraph on cut values v ([reps * n, ...]), the other inputs repeated."""
+            feeds = {cut: v, **{kk: vv for kk, vv in plan.items() if kk in self.externals[cut]}}
+            for e in ext:
+                if e not in plan:
+                    feeds[e] = np.concatenate([cache[e]] * reps) if reps > 1 else cache[e]
+            return self._run_sub(sess, feeds, reps * n).astype(np.float64)
+
+        f0 = None if central else run(np.ascontiguousarray(raw, dtype=np.float32), 1)
         for start in range(0, count, k):
             idx = np.arange(start, min(count, start + k))
             d = make(idx).astype(np.float32)  # [m, n, C, P]
@@ -221,17 +236,11 @@ class Prober:
                 vals.append(base[None] - eps * d)
             v = np.concatenate(vals).reshape(reps_per_dir * m * n, *base.shape[1:])
             v = self.ug.cuts[cut].layout.from_ncp(v, (len(v), *shape))
-            feeds = {cut: v, **{kk: vv for kk, vv in plan.items() if kk in self.externals[cut]}}
-            for e in ext:
-                if e in plan:
-                    continue
-                feeds[e] = np.concatenate([cache[e]] * (reps_per_dir * m))
-            res = self._run_sub(sess, feeds, reps_per_dir * m * n)
-            res = res.reshape(reps_per_dir, m, n, -1).astype(np.float64)
+            res = run(v, reps_per_dir * m).reshape(reps_per_dir, m, n, -1)
             if central:
                 out[idx] = (res[0] - res[1]) / (2 * eps)
             else:
-                out[idx] = (res[0] - f0[None]) / eps
+                out[idx] = (res[0] - f0.reshape(n, -1)[None]) / eps
         return out
 
     def _run_sub(self, sess, feeds: Feeds, n: int) -> np.ndarray:
@@ -374,6 +383,7 @@ def layer(
     probes: int = 4,
     eps: float = 0.05,
     seed: int = 0,
+    central: bool = True,
 ) -> Curvature:
     """Per cut: ||J||_F^2 over kept coordinates from random-sign probes, spread over units in
     proportion to their consumer weight norms (kappa_out isotropic at the consumer output)."""
@@ -384,7 +394,7 @@ def layer(
         keep = kept[t].astype(np.float32)
         scale = float(np.sqrt(np.mean(base[:, kept[t]] ** 2))) or 1.0
         make = random_signs(np.random.default_rng([seed, len(kappa)]), keep, n, p, probes)
-        jd = prober.directional(t, cache, plan_feeds, make, probes, eps * scale)
+        jd = prober.directional(t, cache, plan_feeds, make, probes, eps * scale, central)
         frob = float(np.mean(np.sum(jd**2, axis=2)))  # E||J v||^2 = ||J_K||_F^2 for unit signs
         l2, _ = consumer_norms(prober.ug, t)
         denom = p * float(np.sum(l2[kept[t]])) or 1.0
@@ -403,7 +413,8 @@ def unit(
     central: bool = True,
 ) -> Curvature:
     """Per unit: E||J d||^2 / E||d||^2 along its replacement direction, by finite differences
-    (central, eps relative to d) or, with eps = 1 and central = False, the exact effect."""
+    (central or forward, eps relative to d) or, with eps = 1 and central = False, the exact
+    effect."""
     kappa = {}
     risk = {}
     energy = {}
@@ -436,4 +447,5 @@ def unit(
             risk[t][ch] = num[i]
             energy[t][ch] = den[i]
             kappa[t][ch] = num[i] / den[i] if den[i] > 1e-30 else 0.0
-    return Curvature(kappa, risk, energy, n, method="unit" if central else "ablation")
+    method = "ablation" if eps >= 1 and not central else "unit"
+    return Curvature(kappa, risk, energy, n, method=method)

@@ -109,6 +109,7 @@ class Scorer:
         fit_data: dict[str, np.ndarray],
         *,
         eps: float = 0.05,
+        central: bool = True,
         layer_probes: int = 4,
         ablation_chunk: int = 128,
         max_coef: int = 6,
@@ -120,6 +121,7 @@ class Scorer:
         self.probe_data = probe_data
         self.fit_data = fit_data
         self.eps = eps
+        self.central = central  # central finite differences (else forward: half the runs)
         self.layer_probes = layer_probes
         self.ablation_chunk = ablation_chunk
         self.seed = seed
@@ -213,7 +215,8 @@ class Scorer:
             cache = {name: v[:k] if getattr(v, "ndim", 0) and len(v) == n else v
                      for name, v in cache.items()}  # fmt: skip
         c = curv.layer(self.prober, cache, plan_feeds, kept, probes=self.layer_probes,
-                       eps=self.eps, seed=self.seed * 1000 + round_seed)  # fmt: skip
+                       eps=self.eps, seed=self.seed * 1000 + round_seed,
+                       central=self.central)  # fmt: skip
         return c.kappa
 
     def _directions(self, fits, units, fold):
@@ -228,7 +231,7 @@ class Scorer:
         cut by the median ratio unit/layer among probed units (so the two rankings mix)."""
         cache = self._cache(plan_feeds)
         c = curv.unit(self.prober, cache, plan_feeds, self._directions(fits, units, fold),
-                      eps=self.eps)  # fmt: skip
+                      eps=self.eps, central=self.central)  # fmt: skip
         kappa = {}
         ratios_all = []
         per_cut = {}

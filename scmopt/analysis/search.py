@@ -116,8 +116,8 @@ class _Search:
         probe_idx = np.sort(np.random.default_rng([seed, 2]).choice(len(fit), k, replace=False))
         probe = {kk: v[probe_idx] for kk, v in self.fit.items()}
         screen, self.unit_cap = probe_budget(ug, self.prober, self.fit, k, cfg)
-        self.scorer = Scorer(ug, self.prober, probe, self.fit, eps=cfg.eps, seed=seed,
-                             max_coef=cfg.max_coef, screen_samples=screen)  # fmt: skip
+        self.scorer = Scorer(ug, self.prober, probe, self.fit, eps=cfg.eps, central=cfg.central,
+                             seed=seed, max_coef=cfg.max_coef, screen_samples=screen)  # fmt: skip
         self.fit_evaluator: Evaluator | None = None
         self.plan = Plan()
         self.checkpoints: list[Checkpoint] = []
