@@ -226,7 +226,7 @@ class Prober:
                     feeds[e] = np.concatenate([cache[e]] * reps) if reps > 1 else cache[e]
             return self._run_sub(sess, feeds, reps * n).astype(np.float64)
 
-        f0 = None if central else run(np.ascontiguousarray(raw, dtype=np.float32), 1)
+        f0 = None if central else run(raw, 1).reshape(n, -1)
         for start in range(0, count, k):
             idx = np.arange(start, min(count, start + k))
             d = make(idx).astype(np.float32)  # [m, n, C, P]
@@ -240,7 +240,7 @@ class Prober:
             if central:
                 out[idx] = (res[0] - res[1]) / (2 * eps)
             else:
-                out[idx] = (res[0] - f0.reshape(n, -1)[None]) / eps
+                out[idx] = (res[0] - f0[None]) / eps
         return out
 
     def _run_sub(self, sess, feeds: Feeds, n: int) -> np.ndarray:

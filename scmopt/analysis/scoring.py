@@ -184,10 +184,11 @@ class Scorer:
             kappa = self._ablation(plan_feeds, fits)
             probed = set(candidates)
         else:
-            screen = self._layer(plan_feeds, kept, round_seed)
+            cache = self._cache(plan_feeds)  # one capture run for the screen and the band
+            screen = self._layer(plan_feeds, kept, round_seed, cache)
             _, pre, _ = risks(self.ug, stats, screen, fits, out_var, fold)
             chosen = list(pre) if focus is None else focus(pre)
-            kappa = self._unit(plan_feeds, fits, chosen, screen, fold)
+            kappa = self._unit(plan_feeds, fits, chosen, screen, fold, cache)
             probed = set(chosen)
         secs["curvature"] = time.perf_counter() - t0
         const, folded, action = risks(self.ug, stats, kappa, fits, out_var, fold)
@@ -207,8 +208,8 @@ class Scorer:
     def _cache(self, plan_feeds):
         return self.prober.cache(self.probe_data, plan_feeds)
 
-    def _layer(self, plan_feeds, kept, round_seed) -> dict[str, np.ndarray]:
-        cache = self._cache(plan_feeds)
+    def _layer(self, plan_feeds, kept, round_seed, cache=None) -> dict[str, np.ndarray]:
+        cache = self._cache(plan_feeds) if cache is None else cache
         k = self.screen_samples
         n = len(cache[self.prober.output])
         if k is not None and k < n:  # the screen on the first k probe samples (FPE budget)
@@ -226,10 +227,9 @@ class Scorer:
                 dirs[t][u] = f.direction(fold)
         return dirs
 
-    def _unit(self, plan_feeds, fits, units, screen, fold) -> dict[str, np.ndarray]:
+    def _unit(self, plan_feeds, fits, units, screen, fold, cache) -> dict[str, np.ndarray]:
         """Per-unit probes on `units`; the others keep the layer screen's kappa, rescaled per
         cut by the median ratio unit/layer among probed units (so the two rankings mix)."""
-        cache = self._cache(plan_feeds)
         c = curv.unit(self.prober, cache, plan_feeds, self._directions(fits, units, fold),
                       eps=self.eps, central=self.central)  # fmt: skip
         kappa = {}
