@@ -8,7 +8,7 @@ import pytest
 from models import load_split, model_path
 from scmopt.analysis.criteria import CRITERIA
 from scmopt.analysis.curvature import Prober
-from scmopt.analysis.fits import _ls, _ls_batch, fit_cut
+from scmopt.analysis.fits import _forward, _ls, _ls_batch, fit_cut
 from scmopt.analysis.measure import Runner
 from scmopt.analysis.residuals import residual_cov, residual_cross, residual_var
 from scmopt.analysis.scoring import Scorer, apply
@@ -184,12 +184,43 @@ def test_batched_least_squares_equals_one_by_one(seed):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(200, 9)) @ rng.normal(size=(9, 9))
     cov = np.cov(x.T)
-    sets = np.array([[0, 3, k] for k in (1, 2, 4, 5, 8)])
-    r, a = _ls_batch(cov, cov, sets, 7, float(cov[7, 7]), 1e-3)
+    pool = np.array([0, 1, 2, 3, 4, 5, 8])  # the candidates of target 7
+    a_pool, c_pool = cov[np.ix_(pool, pool)], cov[pool, 7]
+    sets = np.array([[0, 3, k] for k in (1, 2, 4, 5, 6)])  # positions in the pool
+    r, a = _ls_batch(a_pool, c_pool, np.diagonal(a_pool), sets, float(cov[7, 7]), 1e-3)
     for i, row in enumerate(sets):
-        r1, a1 = _ls(cov, cov, list(row), 7, float(cov[7, 7]), 1e-3)
+        r1, a1 = _ls(a_pool, c_pool, list(row), float(cov[7, 7]), 1e-3)
         assert r[i] == pytest.approx(r1, rel=1e-9, abs=1e-12)
         np.testing.assert_allclose(a[i], a1, rtol=1e-9)
+        # the same system solved directly on the whole matrix
+        s = pool[row]
+        reg = cov[np.ix_(s, s)] + 1e-3 * np.diag(np.diag(cov)[s] + 1e-30)
+        np.testing.assert_allclose(a[i], np.linalg.solve(reg, cov[s, 7]), rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_forward_selection_picks_the_best_reduction_each_step(seed):
+    """Each step adds the candidate whose set has the smallest ridge residual, checked against
+    solving every candidate set on the whole matrix."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12))
+    cov = np.cov(x.T)
+    cand, vj = np.array([0, 2, 3, 5, 6, 8, 9, 11]), float(cov[7, 7])
+    chosen, coef, resid = _forward(cov, cov, cand, 7, vj, 3, 1e-3)
+    assert len(chosen) == 3 and len(set(chosen)) == 3 and set(chosen) <= set(cand.tolist())
+
+    def resid_of(s):
+        reg = cov[np.ix_(s, s)] + 1e-3 * np.diag(np.diag(cov)[s] + 1e-30)
+        a = np.linalg.solve(reg, cov[s, 7])
+        return vj - 2 * a @ cov[s, 7] + a @ cov[np.ix_(s, s)] @ a, a
+
+    for step in range(3):
+        prefix = chosen[:step]
+        best = min((resid_of(prefix + [int(k)])[0], int(k)) for k in cand if k not in prefix)
+        assert chosen[step] == best[1]
+    r, a = resid_of(chosen)
+    assert resid == pytest.approx(r, rel=1e-9) and 0 <= resid < vj
+    np.testing.assert_allclose(coef, a, rtol=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(3))
