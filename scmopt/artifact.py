@@ -48,6 +48,7 @@ class Validation:
     swap_p: float
     seed: int
     metric: Metric
+    iia_cuts: int | None = None  # sites swept for IIA (validate.evaluate_artifact max_cuts)
     # the original's outputs on the split, run once for every build (walk backs build several)
     _original: list = field(default_factory=list, compare=False, repr=False)
 
@@ -107,7 +108,7 @@ def build(ug: UnitGraph, plan: Plan, scores: dict[str, float], align: int | None
         m = validate.evaluate_artifact(ug, compiled.model, compiled.kept_positions, v.feeds,
                                        v.labels, p=v.swap_p, seed=v.seed,
                                        batch_size=v.batch_size, metric=v.metric,
-                                       plan=plan)  # fmt: skip
+                                       plan=plan, max_cuts=v.iia_cuts)  # fmt: skip
         # the outputs the search did not read, judged all the same
         m.other_outputs = validate.other_outputs(
             ug.model, compiled.model, v.feeds, v.batch_size, candidate_outputs=f_comp,

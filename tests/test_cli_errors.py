@@ -228,8 +228,19 @@ def test_missing_external_data(tmp_path, calib, no_work):
         (["--criterion", "best"], "'--criterion'"),
         (["--bogus"], "--bogus"),
         (["--plan", "missing.json"], "--plan missing.json: no such file"),
+        (["--iia-cuts", "0"], "'--iia-cuts': 0 is below 1"),
+        (["--iia-cuts", "some"], "'--iia-cuts': 'some' is neither a whole number nor 'all'"),
     ],
-    ids=["keep-range", "fidelity-range", "batch", "criterion", "unknown", "plan"],
+    ids=[
+        "keep-range",
+        "fidelity-range",
+        "batch",
+        "criterion",
+        "unknown",
+        "plan",
+        "iia-cuts",
+        "iia-cuts-word",
+    ],
 )
 def test_messages_name_the_cli_flag(tmp_path, calib, no_work, args, fragment):
     assert_error(run(CNN, str(tmp_path / "o.onnx"), "--data", calib, *args), fragment, tmp_path)

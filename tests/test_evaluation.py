@@ -15,10 +15,11 @@ import scmopt
 from models import load_split, model_path
 from scmopt.analysis.measure import Evaluator, Runner, kept_mask
 from scmopt.compiler.compile import compile_plan
+from scmopt.errors import ScmoptError
 from scmopt.evaluation import metrics as M
 from scmopt.evaluation.interchange import interchange, sites
 from scmopt.evaluation.sampler import InterventionSampler
-from scmopt.evaluation.validate import evaluate_artifact
+from scmopt.evaluation.validate import evaluate_artifact, spread
 from scmopt.io import graph
 from scmopt.runtime.hooks import HookSpec, hook
 from scmopt.runtime.sessions import session
@@ -163,6 +164,46 @@ def test_search_and_artifact_share_the_draws():
     part = dict(list(comp.kept_positions.items())[1:])
     missing = evaluate_artifact(ug, comp.model, part, x, y, seed=4)
     assert missing.unmapped and missing.iia is None and missing.risk is None
+
+
+def test_spread_takes_evenly_spaced_sites_first_and_last():
+    cuts = [f"c{i}" for i in range(43)]
+    picked = spread(cuts, 16)
+    assert len(picked) == 16 and picked[0] == "c0" and picked[-1] == "c42"
+    assert picked == sorted(picked, key=cuts.index)  # topological order kept
+    gaps = np.diff([cuts.index(c) for c in picked])
+    assert gaps.min() >= 2 and gaps.max() <= 3
+    assert spread(cuts, None) == cuts and spread(cuts[:5], 16) == cuts[:5]
+    assert spread(cuts, 1) == ["c0"] and spread(cuts, 2) == ["c0", "c42"]
+
+
+def test_sampled_sweep_gives_the_full_sweeps_numbers_at_its_sites():
+    """max_cuts sweeps fewer sites; each swept site's IIA is the full sweep's (draws seeded by
+    the cut's name), plain numbers are unchanged, and the rest are listed as unmeasured."""
+    ug = analyze(graph.load(model_path("mobile_digits")))
+    split = load_split("mobile_digits", "test")
+    x = {"input": split["input"][:64]}
+    plan = random_plan(ug, 0.5, seed=1)
+    comp = compile_plan(ug, plan)
+    full = evaluate_artifact(ug, comp.model, comp.kept_positions, x, seed=2, plan=plan)
+    part = evaluate_artifact(ug, comp.model, comp.kept_positions, x, seed=2, plan=plan,
+                             max_cuts=4)  # fmt: skip
+    every = sites(ug)
+    assert len(every) == 11 and list(part.iia_per_cut) == spread(every, 4)
+    assert part.unmeasured == [t for t in every if t not in part.iia_per_cut]
+    assert full.unmeasured == [] and part.unmapped == []
+    for t, v in part.iia_per_cut.items():
+        assert v == full.iia_per_cut[t]
+        assert part.iia_cells_per_cut[t] == full.iia_cells_per_cut[t]
+    assert part.iia == pytest.approx(np.mean(list(part.iia_per_cut.values())))
+    assert part.fidelity == full.fidelity and part.risk_plain == full.risk_plain
+    assert part.iia != full.iia  # a mean over other sites
+
+
+def test_iia_cuts_below_one_is_an_error():
+    with pytest.raises(ScmoptError, match="--iia-cuts must be at least 1"):
+        scmopt.compress(str(model_path("mlp_digits")), load_split("mlp_digits", "calib"),
+                        keep=0.5, iia_cuts=0)  # fmt: skip
 
 
 # --- --batch-size is a memory knob ---------------------------------------------------------

@@ -59,13 +59,16 @@ def probe_band(n_cut: int | dict[str, int], fraction: float, cap: int,
 
 
 def record_round(s: _Search, traj: list[dict], r: int, plan: Plan, units: list[str], pred: float,
-            m: Metrics, prev: float, accepted: bool) -> None:  # fmt: skip
-    """One trajectory row; predicted risk = previous measured risk + the model's increase. An
-    accepted round's plan is kept as a checkpoint (SearchResult.checkpoints)."""
+            m: Metrics, prev: float, accepted: bool,
+            target: Values = Values.PLAN) -> None:  # fmt: skip
+    """One trajectory row; predicted risk = previous measured risk + the model's increase;
+    `target`: the values the round's fits went toward. An accepted round's plan is kept as a
+    checkpoint (SearchResult.checkpoints)."""
     traj.append({
         "round": r, "kept": len(s.ug.prunable) - len(plan.removed),
         "removed": len(units), "predicted_risk": prev + pred,
         "risk": m.risk, "fidelity": m.fidelity, "iia": m.iia, "accepted": accepted,
+        "target": "original" if target == Values.ORIGINAL else "plan",
     })  # fmt: skip
     keep = s.cfg.checkpoints if s.cfg.checkpoints is not None else s.rule == "min_fidelity"
     if accepted and keep:
@@ -102,25 +105,26 @@ def keep_mode(s: _Search, targets: dict[str, int], rounds: int, step: int | None
         focus = probe_band(quota, s.probe_fraction, s.max_probes, lambda u: group_of(s.ug, u))
         sc = s.analyse(r, focus)
         how = {"count": n, "quota": quota}
-        units, plan, pred, m = _best_target(s, sc, how, step is None)
+        units, plan, pred, m, target = _best_target(s, sc, how, step is None)
         if not units:
             raise ScmoptError("no unit can be removed without emptying a cut")
         s.plan = plan
         if step is None or len(s.candidates()) == sum(targets.values()):
             m = m or s.measure(s.plan)
-            record_round(s, traj, r, s.plan, units, pred, m, prev, True)
+            record_round(s, traj, r, s.plan, units, pred, m, prev, True, target)
             prev = m.risk
     if s.progress:
         s.progress("round", r, r)
 
 
 def _best_target(s: _Search, sc, how: dict, try_both: bool):
-    """(units, plan, predicted risk, held-out metrics or None) of this round's choice: fits
-    toward the original's values, and (when the search tries both) toward the plan's, the one
-    with the lower held-out risk."""
+    """(units, plan, predicted risk, held-out metrics or None, fit target) of this round's
+    choice: fits toward the original's values, and (when the search tries both) toward the
+    plan's, the one with the lower held-out risk."""
     units, plan, pred = s.choose(sc, **how)
+    target = Values.ORIGINAL
     if not units:
-        return units, plan, pred, None
+        return units, plan, pred, None, target
     m = None
     if try_both and s.targets():
         m = s.measure(plan)
@@ -131,7 +135,8 @@ def _best_target(s: _Search, sc, how: dict, try_both: bool):
             m_alt = s.measure(alt)
             if m_alt.risk < m.risk:
                 units, plan, pred, m = alt_units, alt, alt_pred, m_alt
-    return units, plan, pred, m
+                target = Values.PLAN
+    return units, plan, pred, m, target
 
 
 def flops_mode(s: _Search, fraction: float, rounds: int, traj: list[dict]) -> None:
@@ -161,12 +166,13 @@ def flops_mode(s: _Search, fraction: float, rounds: int, traj: list[dict]) -> No
                                                                  enumerate(order)})  # fmt: skip
 
         sc = s.analyse(r, focus)
-        units, plan, pred, m = _best_target(s, sc, {"flops": (saves, want, r >= rounds)}, True)
+        units, plan, pred, m, target = _best_target(s, sc, {"flops": (saves, want, r >= rounds)},
+                                                    True)  # fmt: skip
         if not units:  # every cut down to one unit: the goal is out of reach (api says so)
             break
         s.plan = plan
         m = m or s.measure(s.plan)
-        record_round(s, traj, r, s.plan, units, pred, m, prev, True)
+        record_round(s, traj, r, s.plan, units, pred, m, prev, True, target)
         prev = m.risk
     if s.progress:
         s.progress("round", r, r)

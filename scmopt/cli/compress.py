@@ -12,7 +12,7 @@ from click.core import ParameterSource
 
 from scmopt import examples
 from scmopt.analysis.criteria import CRITERIA
-from scmopt.api import DEFAULT_MIN_FIDELITY
+from scmopt.api import DEFAULT_IIA_CUTS, DEFAULT_MIN_FIDELITY
 from scmopt.cli import checks, planfile
 from scmopt.cli.common import fail, num
 from scmopt.cli.progress import Progress
@@ -35,6 +35,25 @@ SEARCH_ONLY = (
 )
 # --plan: saved unless given
 REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align", "metric")
+
+
+class SiteCount(click.ParamType):
+    """A positive number of sites, or `all`."""
+
+    name = "N|all"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "all":
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a whole number nor 'all'", param, ctx)
+        if n < 1:
+            self.fail(f"{n} is below 1", param, ctx)
+        return n
 
 
 @click.command()
@@ -85,6 +104,9 @@ REPLAYED = ("seed", "swap_p", "samples", "batch_size", "align", "metric")
 @click.option("--align", type=click.IntRange(min=1), help="keep multiples of N channels in "
               "convolutional layers (8: AVX2, 16: AVX-512; faster onnxruntime CPU "
               "kernels)")  # fmt: skip
+@click.option("--iia-cuts", default=str(DEFAULT_IIA_CUTS), show_default=True, type=SiteCount(),
+              help="validate IIA at N sites evenly spread through the model, or 'all' "
+                   "(three passes of both models per site)")  # fmt: skip
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="write the report (.html or .json)")  # fmt: skip
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
@@ -125,6 +147,7 @@ def compress(**o: Any) -> None:
             swap_p=o["swap_p"], plan=run["given"], on_plan=on_plan, certify=o["certify"],
             delta=o["delta"], metric=run["metric"], fold_parents=o["fold_parents"],
             keep_heads=o["keep_heads"], flops=o["flops"], per_flop=o["per_flop"],
+            iia_cuts=o["iia_cuts"],
         )  # fmt: skip
         progress.close()
         result.report["input"], result.report["output"] = run["in_path"], o["out_path"]
@@ -143,6 +166,12 @@ def compress(**o: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - one-line errors for users
         progress.close()
         fail(exc, o["verbose"], _kept(saved))
+
+
+def _swept(fid: dict[str, Any]) -> str:
+    """ "; N of M sites" when the IIA sweep left some out (--iia-cuts)."""
+    left = len(fid.get("iia_unmeasured") or [])
+    return f"; {len(fid['iia_per_cut'])} of {len(fid['iia_per_cut']) + left} sites" if left else ""
 
 
 def _kept(saved: list[Path]) -> str:
@@ -304,7 +333,7 @@ def _summary(rep: dict, report_path: str | None, out_path: str, saved: list[Path
         ("fidelity", f"{num(rep['fidelity'])} ({fid.get('metric', 'top1')}"
                      f"{_p5(fid)}, validation split, n={fid['samples']})"),
         ("IIA", f"{num(fid['iia'])} (p = {fid.get('iia_p', 0.5):g}; removed units keep their "
-                "base values in the original)"),
+                f"base values in the original{_swept(fid)})"),
         ("IIA, cells", f"{num(fid.get('iia_cells'))} (the abstraction's alignment: an "
                        "interchange on a kept unit swaps its cell of folded units)"),
     ]  # fmt: skip

@@ -108,6 +108,9 @@ class Metrics:
     certificate: dict[str, float] = field(default_factory=dict)
     n: int = 0
     unmapped: list[str] = field(default_factory=list)  # cuts a candidate's map did not cover
+    # mapped sites left out of the interchange sweep (validate.evaluate_artifact's max_cuts):
+    # iia and risk are then means over the swept sites only
+    unmeasured: list[str] = field(default_factory=list)
     metric: str = "top1"  # the agreement's spec (evaluation.agreements)
     # IIA under the abstraction's own alignment (evaluation.cells), when it was measured
     iia_cells: float | None = None

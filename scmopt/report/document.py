@@ -34,6 +34,7 @@ def validation_detail(m: Metrics, *, p: float, search: dict[str, Any],
         "risk_per_cut": m.risk_per_cut,
         "iia": m.iia,
         "iia_per_cut": m.iia_per_cut,
+        "iia_unmeasured": m.unmeasured,  # sites left out of the sweep (--iia-cuts)
         "iia_p": p,
         "iia_cells": m.iia_cells,
         "iia_cells_per_cut": m.iia_cells_per_cut,
